@@ -1,0 +1,85 @@
+"""`sample` against the training integrator, and the observed order of diffrax solvers."""
+
+import dataclasses
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import enable_x64
+
+from w12_jax.config import Config
+from w12_jax.flow import euler_flow, scalar_potential
+from w12_jax.networks import make_potential
+from w12_jax.sample import get_solver, sample
+
+CFG = Config(dataset="moons", data_shape=(2,), architecture="mlp", reference="gaussian", T=1.0, dt=0.2, lam=0.5,
+             potential_hidden=(32, 32), potential_activation="tanh")
+
+
+def random_potential(cfg, seed=0, scale=3.0):
+    """An MLP potential with its last layer scaled so the flow moves particles O(1)."""
+    potential = make_potential(cfg)
+    params = potential.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + cfg.data_shape), jnp.zeros((1,)))
+    params = jax.tree_util.tree_map(lambda p: p * scale if p.ndim == 2 and p.shape[-1] == 1 else p, params)
+    return potential, params
+
+
+def test_euler_sample_equals_training_integrator():
+    potential, params = random_potential(CFG)
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
+    train = euler_flow(scalar_potential(potential, params), x0, CFG.T, CFG.num_steps, CFG.lam, keep_path=True)
+    res = sample(potential, params, x0, T=CFG.T, lam=CFG.lam, solver="euler", dt=CFG.dt, save_points=CFG.num_steps + 1)
+    np.testing.assert_allclose(res.x_T, train.x_T, atol=1e-6)
+    np.testing.assert_allclose(res.path, train.path, atol=1e-6)
+    assert int(res.nfe) == CFG.num_steps
+    assert float(jnp.mean(jnp.abs(res.x_T - x0))) > 0.1  # the flow actually moves the particles
+
+
+def test_solvers_converge_to_fine_euler_with_expected_order():
+    with enable_x64():
+        cfg = dataclasses.replace(CFG, T=1.0)
+        potential, params = random_potential(cfg)
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+        x0 = jax.random.normal(jax.random.PRNGKey(2), (32, 2), dtype=jnp.float64)
+        u = scalar_potential(potential, params)
+        reference = jax.jit(lambda x: euler_flow(u, x, cfg.T, 2**16, cfg.lam).x_T)(x0)
+        scale = float(jnp.mean(jnp.abs(reference - x0)))
+        assert scale > 0.1
+        hs = [1 / 2, 1 / 4, 1 / 8, 1 / 16]
+
+        def errors(solver):
+            return np.array([float(jnp.mean(jnp.abs(
+                sample(potential, params, x0, T=cfg.T, lam=cfg.lam, solver=solver, dt=h).x_T - reference)))
+                for h in hs])
+
+        heun = errors("heun")
+        order = np.polyfit(np.log(hs), np.log(heun), 1)[0]
+        assert order >= 1.5, (heun, order)
+        assert np.all(np.diff(heun) < 0)
+        for name in ("tsit5", "dopri5"):
+            err = errors(name)
+            assert err[-1] < 1e-4 * scale and np.all(err <= heun), (name, err, heun)
+        adaptive = sample(potential, params, x0, T=cfg.T, lam=cfg.lam, solver=diffrax.Dopri5(), rtol=1e-8, atol=1e-8)
+        assert float(jnp.mean(jnp.abs(adaptive.x_T - reference))) < 1e-4 * scale
+        assert int(adaptive.nfe) == 6 * int(adaptive.num_steps) + 1
+
+
+def test_nfe_counts_stages():
+    potential, params = random_potential(CFG)
+    x0 = jnp.zeros((4, 2))
+    for name, per_step, extra in (("euler", 1, 0), ("heun", 2, 0), ("midpoint", 2, 0), ("ralston", 2, 0),
+                                  ("tsit5", 6, 1), ("dopri5", 6, 1)):
+        assert int(sample(potential, params, x0, T=1.0, lam=0.5, solver=name, num_steps=7).nfe) == 7 * per_step + extra
+
+
+def test_bad_sampling_arguments_raise():
+    potential, params = random_potential(CFG)
+    x0 = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match="euler, heun, midpoint"):
+        get_solver("rk4")
+    with pytest.raises(ValueError, match="divide"):
+        sample(potential, params, x0, T=1.0, lam=0.5, dt=0.3)
+    with pytest.raises(ValueError, match="exactly one"):
+        sample(potential, params, x0, T=1.0, lam=0.5)

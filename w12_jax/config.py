@@ -1,0 +1,225 @@
+"""One frozen configuration object naming every hyper-parameter of DESIGN.md §6.
+
+The four cases of the paper are values of two switches, not code paths:
+
+    case        use_w1 (gradient penalty)   use_w2 (kinetic term)
+    none        False                       False
+    w2          False                       True
+    w1          True                        False
+    w1w2        True                        True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+DIVERGENCES = ("kl", "reverse_kl", "alpha", "w1")
+ARCHITECTURES = ("conv", "mlp")
+ACTIVATIONS = ("relu", "tanh", "softplus", "silu", "elu")
+REFERENCES = ("uniform", "gaussian")
+CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not allowed; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyper-parameters of one W1⊕W2 run (defaults: the paper's MNIST run, DESIGN.md §6)."""
+
+    # data and reference distribution rho_0
+    dataset: str = "mnist5k"
+    data_shape: tuple[int, ...] = (28, 28, 1)
+    embed_dim: int = 0  # 0: no zero-padded embedding (low-dim sets only)
+    data_dir: str = ""  # IDX directory for offline fashion_mnist / mnist; "" = default
+    num_samples: int = 0  # synthetic sets: points generated; 0 = data set default
+    reference: str = "uniform"
+    reference_low: float = 0.0
+    reference_high: float = 0.5
+    reference_scale: float = 1.0  # std of the gaussian reference
+    # the problem: min_v D_f^{Gamma_L}(rho_T || pi) + lam * int E|v|^2/2 dt
+    T: float = 5.0
+    dt: float = 1.0  # Euler step h; K = T / h steps
+    lam: float = 0.05
+    L: float = 1.0
+    gp_weight: float = 0.1  # mu
+    divergence: str = "kl"
+    alpha: float = 2.0  # for divergence='alpha' (alpha > 1)
+    use_w1: bool = True  # Lipschitz gradient penalty on phi
+    use_w2: bool = True  # kinetic-energy term in the potential loss
+    # optimisation
+    n_critic: int = 5  # n_D
+    batch_size: int = 200
+    lr_potential: float = 5e-4
+    lr_discriminator: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    iterations: int = 5000
+    seed: int = 0
+    # networks (DESIGN.md §6)
+    architecture: str = "conv"
+    conv_channels: tuple[int, ...] = (8, 8)
+    conv_kernel: int = 7
+    potential_hidden: tuple[int, ...] = (512, 512, 512)
+    potential_activation: str = "relu"
+    discriminator_hidden: tuple[int, ...] = (256, 256, 256)
+    discriminator_activation: str = "relu"
+    # loop
+    log_every: int = 10
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    eval_samples: int = 1000
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if f.type.startswith("tuple"):
+                object.__setattr__(self, f.name, tuple(int(v) for v in getattr(self, f.name)))
+        _validate(self)
+
+    @property
+    def num_steps(self) -> int:
+        """K = T / h, the number of Euler steps of the training flow."""
+        return int(round(self.T / self.dt))
+
+    @property
+    def case(self) -> str:
+        """Name of the paper's case selected by (use_w1, use_w2)."""
+        return {v: k for k, v in CASES.items()}[(self.use_w1, self.use_w2)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        unknown = sorted(set(d) - set(FIELD_TYPES))
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(FIELD_TYPES)}")
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+
+
+def _one_of(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def _positive(cfg, *names):
+    for name in names:
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
+
+
+def _validate(cfg: Config) -> None:
+    _one_of("divergence", cfg.divergence, DIVERGENCES)
+    _one_of("architecture", cfg.architecture, ARCHITECTURES)
+    _one_of("potential_activation", cfg.potential_activation, ACTIVATIONS)
+    _one_of("discriminator_activation", cfg.discriminator_activation, ACTIVATIONS)
+    _one_of("reference", cfg.reference, REFERENCES)
+    _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
+              "iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples",
+              "conv_kernel", "reference_scale")
+    if cfg.gp_weight < 0 or not math.isfinite(cfg.gp_weight):
+        raise ConfigError(f"gp_weight must be a finite number >= 0, got {cfg.gp_weight!r}")
+    k = cfg.T / cfg.dt
+    if abs(k - round(k)) > 1e-6 * max(1.0, k) or round(k) < 1:
+        raise ConfigError(f"dt={cfg.dt} must divide T={cfg.T} into a whole number of steps (got T/dt={k:g})")
+    for name in ("beta1", "beta2"):
+        v = getattr(cfg, name)
+        if not 0 <= v < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
+    if cfg.divergence == "alpha" and not cfg.alpha > 1:
+        raise ConfigError(f"alpha must be > 1 for the alpha-divergence, got {cfg.alpha!r}")
+    if not cfg.reference_low < cfg.reference_high:
+        raise ConfigError(f"reference_low must be < reference_high, got {cfg.reference_low} >= {cfg.reference_high}")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
+    if cfg.embed_dim < 0 or cfg.num_samples < 0:
+        raise ConfigError("embed_dim and num_samples must be >= 0")
+    if not cfg.data_shape or any(s < 1 for s in cfg.data_shape):
+        raise ConfigError(f"data_shape must be positive sizes, got {cfg.data_shape}")
+    if any(s < 1 for s in cfg.potential_hidden + cfg.discriminator_hidden + cfg.conv_channels):
+        raise ConfigError("layer sizes must be >= 1")
+    if cfg.architecture == "conv" and len(cfg.data_shape) != 3:
+        raise ConfigError(f"architecture='conv' needs image data (H, W, C), got data_shape={cfg.data_shape}")
+
+
+FIELD_TYPES: dict[str, str] = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert `value` (a string from the command line, or a JSON value) to the type of field `key`."""
+    typ = FIELD_TYPES[key]
+    try:
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            f = float(value)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        if typ == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if typ.startswith("tuple"):
+            items = value.replace("(", "").replace(")", "").split(",") if isinstance(value, str) else value
+            return tuple(_coerce_int(v) for v in items if str(v).strip() != "")
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key}={value!r} is not a valid {typ}")
+
+
+def _coerce_int(v):
+    f = float(v)
+    if not f.is_integer() or isinstance(v, bool):
+        raise ValueError
+    return int(f)
+
+
+def override(cfg: Config, assignments: Mapping[str, Any]) -> Config:
+    """Return `cfg` with `key=value` assignments applied (strings are parsed to the field's type).
+
+    The key `case` is accepted as a shorthand for (use_w1, use_w2), see `with_case`.
+    """
+    assignments = dict(assignments)
+    if "case" in assignments:
+        cfg = with_case(cfg, str(assignments.pop("case")))
+    unknown = sorted(set(assignments) - set(FIELD_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: case, {', '.join(FIELD_TYPES)}")
+    return dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in assignments.items()})
+
+
+def with_case(cfg: Config, case: str) -> Config:
+    """Select one of the paper's four cases: 'none', 'w2', 'w1', 'w1w2' (DESIGN.md §4)."""
+    _one_of("case", case, tuple(CASES))
+    use_w1, use_w2 = CASES[case]
+    return dataclasses.replace(cfg, use_w1=use_w1, use_w2=use_w2)
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """'key=value' -> ('key', 'value')."""
+    if "=" not in text:
+        raise ConfigError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+assert all(t in ("str", "int", "float", "bool", "tuple[int, ...]") for t in FIELD_TYPES.values()), FIELD_TYPES

@@ -1,0 +1,110 @@
+"""Sampling: integrate dx/dt = −∇U(x, t)/lam from t = 0 to T with any diffrax solver (DESIGN.md §7).
+
+    res = sample(potential, params, x0, T=5.0, lam=0.05, solver="heun", num_steps=8)
+    res = sample(potential, params, x0, T=5.0, lam=0.05, solver=diffrax.Dopri5(), rtol=1e-4, atol=1e-4)
+
+Fixed steps step exactly onto the grid t_k = k·T/K (diffrax.StepTo), so solver="euler" reproduces the
+training integrator. Tolerances select an adaptive PID controller.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from w12_jax.flow import potential_derivatives, scalar_potential
+
+SOLVERS = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "ralston": diffrax.Ralston,
+    "bosh3": diffrax.Bosh3,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+}
+
+
+class SampleResult(NamedTuple):
+    """x_T (B, *shape); nfe: evaluations of ∇U (each on the whole batch); num_steps: accepted+rejected steps;
+    ts (S,) and path (S, B, *shape) when `save_points` was given, else None."""
+
+    x_T: jax.Array
+    nfe: jax.Array
+    num_steps: jax.Array
+    ts: Optional[jax.Array]
+    path: Optional[jax.Array]
+
+
+def get_solver(solver: Union[str, diffrax.AbstractSolver]) -> diffrax.AbstractSolver:
+    """A diffrax solver from its name (SOLVERS) or the solver itself."""
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver
+    if not isinstance(solver, str) or solver.lower() not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)} or pass a diffrax solver")
+    return SOLVERS[solver.lower()]()
+
+
+def evaluations_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
+    """(vector-field evaluations per step, extra evaluations once at the start) for explicit solvers.
+
+    Runge–Kutta: s stages per step, or s − 1 plus one initial evaluation when first-same-as-last.
+    """
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None:
+        return 1, 0  # Euler and other one-evaluation methods
+    stages = len(tableau.c) + 1
+    return (stages - 1, 1) if tableau.fsal else (stages, 0)
+
+
+@eqx.filter_jit
+def sample(potential, params, x0, *, T: float, lam: float,
+           solver: Union[str, diffrax.AbstractSolver] = "euler", dt: Optional[float] = None,
+           num_steps: Optional[int] = None, rtol: Optional[float] = None, atol: Optional[float] = None,
+           save_points: Optional[int] = None, max_steps: int = 16384) -> SampleResult:
+    """x_T from x0 (B, *shape) under dx/dt = −∇U(x, t)/lam, jit-compiled.
+
+    Give exactly one of `dt` (fixed step, must divide T), `num_steps` (h = T/num_steps), or `rtol`/`atol`
+    (adaptive PID control; `dt`, if given too, is the first step). `save_points`: number of equally spaced
+    times in [0, T] at which to also return the path.
+    """
+    solver = get_solver(solver)
+    adaptive = rtol is not None or atol is not None
+    if not adaptive:
+        if (dt is None) == (num_steps is None):
+            raise ValueError("give exactly one of dt or num_steps (fixed steps), or rtol/atol (adaptive)")
+        if num_steps is None:
+            if not dt > 0:
+                raise ValueError(f"dt must be > 0, got {dt}")
+            num_steps = int(round(T / dt))
+            if num_steps < 1 or abs(num_steps * dt - T) > 1e-6 * T:
+                raise ValueError(f"dt={dt} must divide T={T} into a whole number of steps")
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        controller = diffrax.StepTo(ts=jnp.linspace(0.0, T, num_steps + 1))
+        dt0 = None
+    else:
+        controller = diffrax.PIDController(rtol=1e-3 if rtol is None else rtol,
+                                           atol=1e-3 if atol is None else atol)
+        dt0 = T / 8 if dt is None else dt
+
+    u = scalar_potential(potential, params)
+
+    def velocity(t, x, args):
+        return -potential_derivatives(u, x, t)[0] / lam
+
+    saveat = (diffrax.SaveAt(t1=True) if save_points is None
+              else diffrax.SaveAt(ts=jnp.linspace(0.0, T, save_points)))
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(velocity), solver, t0=0.0, t1=T, dt0=dt0, y0=x0,
+                              saveat=saveat, stepsize_controller=controller, max_steps=max_steps)
+    per_step, extra = evaluations_per_step(solver)
+    steps = sol.stats["num_steps"]
+    nfe = per_step * steps + extra
+    if save_points is None:
+        return SampleResult(sol.ys[-1], nfe, steps, None, None)
+    return SampleResult(sol.ys[-1], nfe, steps, sol.ts, sol.ys)

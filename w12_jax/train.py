@@ -1,0 +1,182 @@
+"""The train state and the compiled, data-parallel outer iteration (DESIGN.md §6).
+
+One outer iteration = n_D discriminator updates (a `lax.scan`) + one potential update, compiled as one
+program. The batch axis is sharded over a 1-D device mesh ("data"); parameters are replicated, so the
+gradients of the batch means are all-reduced (averaged) across devices by the compiler.
+Randomness is a pure function of (seed, step): key_step = fold_in(key, step), and every random array is
+drawn at its global shape before sharding, so 1 and N devices see the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from w12_jax import mfg
+from w12_jax.config import Config, ConfigError
+from w12_jax.divergences import get_divergence, gradient_norm, gradient_penalty
+from w12_jax.flow import euler_flow, kinetic_energy, potential_derivatives, scalar_potential
+from w12_jax.networks import make_discriminator, make_potential
+from w12_jax.reference import sample_reference
+
+METRICS = ("divergence", "kinetic_energy", "hj_residual", "terminal_residual", "gradient_penalty",
+           "potential_loss", "critic_loss", "straight_line_bound", "grad_phi_gen_mean", "grad_phi_gen_max",
+           "grad_phi_data_mean", "grad_phi_data_max")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training; the PRNG state is `key` (fixed) and `step`."""
+
+    step: jax.Array
+    potential_params: Any
+    discriminator_params: Any
+    potential_opt_state: Any
+    discriminator_opt_state: Any
+    key: jax.Array
+
+
+def make_optimizers(config: Config):
+    """Adam(beta1, beta2) for U and for phi (DESIGN.md §6)."""
+    return (optax.adam(config.lr_potential, b1=config.beta1, b2=config.beta2),
+            optax.adam(config.lr_discriminator, b1=config.beta1, b2=config.beta2))
+
+
+def init_train_state(config: Config, key: Optional[jax.Array] = None) -> TrainState:
+    """Fresh parameters and optimizer states; key defaults to PRNGKey(config.seed)."""
+    key = jax.random.PRNGKey(config.seed) if key is None else key
+    init_key, run_key = jax.random.split(key)
+    ku, kphi = jax.random.split(init_key)
+    x = jnp.zeros((1,) + tuple(config.data_shape), jnp.float32)
+    pu = make_potential(config).init(ku, x, jnp.zeros((1,)))
+    pphi = make_discriminator(config).init(kphi, x)
+    opt_u, opt_phi = make_optimizers(config)
+    return TrainState(step=jnp.zeros((), jnp.int32), potential_params=pu, discriminator_params=pphi,
+                      potential_opt_state=opt_u.init(pu), discriminator_opt_state=opt_phi.init(pphi),
+                      key=run_key)
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """1-D mesh with axis "data" over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), ("data",))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a (n_critic, B, *shape) data block: batch axis 1 split over "data"."""
+    return NamedSharding(mesh, P(None, "data"))
+
+
+def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None):
+    """n_D phi updates then one U update; data: (n_critic, B, *shape). Returns (state, metrics dict).
+
+    Pure; `make_train_step` compiles it. With `mesh`, per-particle arrays are sharded on their batch axis.
+    """
+    potential, discriminator = make_potential(config), make_discriminator(config)
+    divergence = get_divergence(config.divergence, config.alpha)
+    opt_u, opt_phi = make_optimizers(config)
+    n, B, K, T, lam = config.n_critic, config.batch_size, config.num_steps, config.T, config.lam
+    gp_weight = config.gp_weight * float(config.use_w1)
+    w2_weight = float(config.use_w2)
+
+    def shard(x, axis):
+        if mesh is None:
+            return x
+        spec = [None] * x.ndim
+        spec[axis] = "data"
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
+
+    def critic_batch(params, x):
+        return divergence.output(discriminator.apply(params, x))
+
+    def critic_scalar(params):
+        return lambda x: critic_batch(params, x[None])[0]
+
+    key = jax.random.fold_in(state.key, state.step)
+    k_ref_critic, k_gp, k_ref_u = jax.random.split(key, 3)
+
+    # 1. critic phase: U is frozen, so the n_D flows are one flow of n_D·B particles (layout (B, n_D)).
+    u_frozen = scalar_potential(potential, jax.lax.stop_gradient(state.potential_params))
+    x0_c = shard(sample_reference(config, k_ref_critic, (B, n)), 0)
+    xT_c = euler_flow(u_frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), T, K, lam).x_T
+    xT_c = shard(jnp.moveaxis(xT_c.reshape(x0_c.shape), 1, 0), 1)  # (n_D, B, *shape)
+
+    def critic_loss(params, x, y, k):
+        dual = divergence.dual(critic_batch(params, x), critic_batch(params, y))
+        gp, _ = gradient_penalty(critic_scalar(params), x, y, k, config.L)
+        return mfg.critic_objective(dual, gp, gp_weight), (dual, gp)
+
+    def critic_update(carry, inputs):
+        params, opt_state = carry
+        (loss, (dual, gp)), grads = jax.value_and_grad(critic_loss, has_aux=True)(params, *inputs)
+        updates, opt_state = opt_phi.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (loss, gp)
+
+    (pphi, opt_phi_state), (critic_losses, gps) = jax.lax.scan(
+        critic_update, (state.discriminator_params, state.discriminator_opt_state),
+        (jax.lax.stop_gradient(xT_c), data, jax.random.split(k_gp, n)))
+
+    # 2. potential phase: G = mean phi(x_K) + w2·lam·KE through the unrolled flow, phi frozen.
+    x0 = shard(sample_reference(config, k_ref_u, (B,)), 0)
+    pphi_frozen = jax.lax.stop_gradient(pphi)
+
+    def potential_loss(params):
+        flow = euler_flow(scalar_potential(potential, params), x0, T, K, lam)
+        ke = kinetic_energy(flow.grad_u, config.dt, lam)
+        phi_T = critic_batch(pphi_frozen, flow.x_T)
+        return mfg.potential_objective(phi_T, ke, lam, w2_weight), (flow, ke, phi_T)
+
+    (g_loss, (flow, ke, phi_T)), grads_u = jax.value_and_grad(potential_loss, has_aux=True)(
+        state.potential_params)
+    updates, opt_u_state = opt_u.update(grads_u, state.potential_opt_state, state.potential_params)
+    pu = optax.apply_updates(state.potential_params, updates)
+
+    # 3. indicators on the particles of the potential phase (before the U update), no gradients.
+    flow, phi_T = jax.lax.stop_gradient((flow, phi_T))
+    u = scalar_potential(potential, state.potential_params)
+    grad_u_T, _ = potential_derivatives(u, flow.x_T, T)
+    grad_phi_T = jax.vmap(jax.grad(critic_scalar(pphi_frozen)))(flow.x_T)
+    y = data[-1]
+    grad_phi_gen = jnp.sqrt(jnp.sum(grad_phi_T.reshape(B, -1) ** 2, axis=-1))
+    grad_phi_data = gradient_norm(critic_scalar(pphi_frozen), y)
+    metrics = {
+        "divergence": divergence.dual(phi_T, critic_batch(pphi_frozen, y)),
+        "kinetic_energy": ke,
+        "hj_residual": mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, lam),
+        "terminal_residual": mfg.terminal_residual(grad_u_T, grad_phi_T),
+        "gradient_penalty": gps[-1],
+        "potential_loss": g_loss,
+        "critic_loss": critic_losses[-1],
+        "straight_line_bound": mfg.straight_line_bound(x0, flow.x_T, T),
+        "grad_phi_gen_mean": jnp.mean(grad_phi_gen),
+        "grad_phi_gen_max": jnp.max(grad_phi_gen),
+        "grad_phi_data_mean": jnp.mean(grad_phi_data),
+        "grad_phi_data_max": jnp.max(grad_phi_data),
+    }
+    new_state = state.replace(step=state.step + 1, potential_params=pu, discriminator_params=pphi,
+                              potential_opt_state=opt_u_state, discriminator_opt_state=opt_phi_state)
+    return new_state, metrics
+
+
+def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = None, donate: bool = True):
+    """Compile `outer_iteration` data-parallel over `devices` (default all): step(state, data) -> (state, metrics).
+
+    data: (n_critic, batch_size, *data_shape) float32, the global batch; it is placed with `data_sharding`.
+    """
+    mesh = make_mesh(devices)
+    n_dev = mesh.devices.size
+    if config.batch_size % n_dev:
+        raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n_dev})")
+    replicated = NamedSharding(mesh, P())
+
+    def step(state, data):
+        return outer_iteration(config, state, data, mesh)
+
+    compiled = jax.jit(step, in_shardings=(replicated, data_sharding(mesh)),
+                       out_shardings=(replicated, replicated), donate_argnums=(0,) if donate else ())
+    return compiled
