@@ -28,6 +28,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from w12_jax import mfg
+
 Array = jax.Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -290,9 +292,7 @@ def straight_line_bound(x0, xT, T: float) -> Array:
     xT = jnp.asarray(xT, dtype=jnp.float32)
     if x0.shape != xT.shape or x0.ndim < 2:
         raise ValueError(f"x0 and xT must share a shape (n, *shape), got {x0.shape} and {xT.shape}")
-    T = _check_T(T)
-    diff = (xT - x0).reshape(x0.shape[0], -1)
-    return 0.5 * jnp.mean(jnp.sum(diff * diff, axis=1)) / T
+    return mfg.straight_line_bound(x0, xT, _check_T(T))
 
 
 def discretization_deviation(x_h, x_ref) -> Array:

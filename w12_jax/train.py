@@ -9,6 +9,7 @@ drawn at its global shape before sharding, so 1 and N devices see the same numbe
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional, Sequence
 
 import flax.struct
@@ -72,17 +73,41 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(None, "data"))
 
 
+def critic_values(config: Config, params, x):
+    """phi(x) = output(network(x)) for a batch x (B, *shape) -> (B,)."""
+    return get_divergence(config.divergence, config.alpha).output(make_discriminator(config).apply(params, x))
+
+
+def critic_scalar(config: Config, params):
+    """phi for ONE sample: x (*shape) -> ()."""
+    return lambda x: critic_values(config, params, x[None])[0]
+
+
+def critic_loss(config: Config, params, x_T, y, key):
+    """−dual(phi(x_T), phi(y)) + use_w1·mu·GP for one batch; returns (loss, (dual, GP))."""
+    dual = get_divergence(config.divergence, config.alpha).dual(critic_values(config, params, x_T),
+                                                                 critic_values(config, params, y))
+    gp, _ = gradient_penalty(critic_scalar(config, params), x_T, y, key, config.L)
+    return mfg.critic_objective(dual, gp, config.gp_weight * float(config.use_w1)), (dual, gp)
+
+
+def potential_loss(config: Config, potential_params, critic_params, x0):
+    """G = mean phi(x_K) + use_w2·lam·KE through the unrolled Euler flow; returns (G, (flow, KE, phi(x_K)))."""
+    flow = euler_flow(scalar_potential(make_potential(config), potential_params), x0, config.T,
+                      config.num_steps, config.lam)
+    ke = kinetic_energy(flow.grad_u, config.dt, config.lam)
+    phi_T = critic_values(config, critic_params, flow.x_T)
+    return mfg.potential_objective(phi_T, ke, config.lam, float(config.use_w2)), (flow, ke, phi_T)
+
+
 def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None):
     """n_D phi updates then one U update; data: (n_critic, B, *shape). Returns (state, metrics dict).
 
     Pure; `make_train_step` compiles it. With `mesh`, per-particle arrays are sharded on their batch axis.
     """
-    potential, discriminator = make_potential(config), make_discriminator(config)
-    divergence = get_divergence(config.divergence, config.alpha)
+    potential = make_potential(config)
     opt_u, opt_phi = make_optimizers(config)
     n, B, K, T, lam = config.n_critic, config.batch_size, config.num_steps, config.T, config.lam
-    gp_weight = config.gp_weight * float(config.use_w1)
-    w2_weight = float(config.use_w2)
 
     def shard(x, axis):
         if mesh is None:
@@ -90,12 +115,6 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
         spec = [None] * x.ndim
         spec[axis] = "data"
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
-
-    def critic_batch(params, x):
-        return divergence.output(discriminator.apply(params, x))
-
-    def critic_scalar(params):
-        return lambda x: critic_batch(params, x[None])[0]
 
     key = jax.random.fold_in(state.key, state.step)
     k_ref_critic, k_gp, k_ref_u = jax.random.split(key, 3)
@@ -106,14 +125,9 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     xT_c = euler_flow(u_frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), T, K, lam).x_T
     xT_c = shard(jnp.moveaxis(xT_c.reshape(x0_c.shape), 1, 0), 1)  # (n_D, B, *shape)
 
-    def critic_loss(params, x, y, k):
-        dual = divergence.dual(critic_batch(params, x), critic_batch(params, y))
-        gp, _ = gradient_penalty(critic_scalar(params), x, y, k, config.L)
-        return mfg.critic_objective(dual, gp, gp_weight), (dual, gp)
-
     def critic_update(carry, inputs):
         params, opt_state = carry
-        (loss, (dual, gp)), grads = jax.value_and_grad(critic_loss, has_aux=True)(params, *inputs)
+        (loss, (_, gp)), grads = jax.value_and_grad(partial(critic_loss, config), has_aux=True)(params, *inputs)
         updates, opt_state = opt_phi.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, gp)
 
@@ -124,15 +138,8 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     # 2. potential phase: G = mean phi(x_K) + w2·lam·KE through the unrolled flow, phi frozen.
     x0 = shard(sample_reference(config, k_ref_u, (B,)), 0)
     pphi_frozen = jax.lax.stop_gradient(pphi)
-
-    def potential_loss(params):
-        flow = euler_flow(scalar_potential(potential, params), x0, T, K, lam)
-        ke = kinetic_energy(flow.grad_u, config.dt, lam)
-        phi_T = critic_batch(pphi_frozen, flow.x_T)
-        return mfg.potential_objective(phi_T, ke, lam, w2_weight), (flow, ke, phi_T)
-
-    (g_loss, (flow, ke, phi_T)), grads_u = jax.value_and_grad(potential_loss, has_aux=True)(
-        state.potential_params)
+    (g_loss, (flow, ke, phi_T)), grads_u = jax.value_and_grad(
+        partial(potential_loss, config), has_aux=True)(state.potential_params, pphi_frozen, x0)
     updates, opt_u_state = opt_u.update(grads_u, state.potential_opt_state, state.potential_params)
     pu = optax.apply_updates(state.potential_params, updates)
 
@@ -140,12 +147,13 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     flow, phi_T = jax.lax.stop_gradient((flow, phi_T))
     u = scalar_potential(potential, state.potential_params)
     grad_u_T, _ = potential_derivatives(u, flow.x_T, T)
-    grad_phi_T = jax.vmap(jax.grad(critic_scalar(pphi_frozen)))(flow.x_T)
+    grad_phi_T = jax.vmap(jax.grad(critic_scalar(config, pphi_frozen)))(flow.x_T)
     y = data[-1]
     grad_phi_gen = jnp.sqrt(jnp.sum(grad_phi_T.reshape(B, -1) ** 2, axis=-1))
-    grad_phi_data = gradient_norm(critic_scalar(pphi_frozen), y)
+    grad_phi_data = gradient_norm(critic_scalar(config, pphi_frozen), y)
     metrics = {
-        "divergence": divergence.dual(phi_T, critic_batch(pphi_frozen, y)),
+        "divergence": get_divergence(config.divergence, config.alpha).dual(
+            phi_T, critic_values(config, pphi_frozen, y)),
         "kinetic_energy": ke,
         "hj_residual": mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, lam),
         "terminal_residual": mfg.terminal_residual(grad_u_T, grad_phi_T),
