@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.NAME`; each prints a table and writes JSON to benchmarks/results/."""

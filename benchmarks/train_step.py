@@ -1,0 +1,130 @@
+"""Seconds per outer iteration (n_D φ updates + 1 U update), compiled step vs a direct-port baseline.
+
+    python -m benchmarks.train_step [--batch-size 200] [--n-critic 5] [--repeats 5]
+
+The compiled step is `w12_jax.make_train_step` (one program; the n_D critic flows share one flow of
+n_D·B particles). The baseline is what a direct port of the authors' loop does: separately jitted φ and U
+updates called from Python, each φ update re-integrating its own flow. Both use the same loss functions
+(`w12_jax.train.critic_loss`, `potential_loss`). Achieved FLOP/s come from XLA's cost analysis of the
+compiled step; the machine's peak is a large f32 matmul timed in the same run. Timings are not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from w12_jax.config import Config
+from w12_jax.flow import euler_flow, scalar_potential
+from w12_jax.networks import make_potential
+from w12_jax.reference import sample_reference
+from w12_jax.train import critic_loss, init_train_state, make_optimizers, make_train_step, potential_loss
+
+
+def median_seconds(fn, repeats):
+    """Median wall time of fn() over `repeats` calls (fn must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_peak_flops(n=2048, repeats=5):
+    """Measured f32 matmul throughput (FLOP/s) of an n×n by n×n product."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    mm = jax.jit(lambda x: x @ x)
+    mm(a).block_until_ready()
+    return 2 * n**3 / median_seconds(lambda: mm(a).block_until_ready(), repeats)
+
+
+def make_baseline(config: Config):
+    """(critic_update, potential_update), each its own jit, for a Python loop of n_D + 1 calls."""
+    opt_u, opt_phi = make_optimizers(config)
+    potential = make_potential(config)
+
+    @jax.jit
+    def critic_update(state, y, key):
+        k_ref, k_gp = jax.random.split(key)
+        x0 = sample_reference(config, k_ref, (config.batch_size,))
+        u = scalar_potential(potential, state.potential_params)
+        x_T = euler_flow(u, x0, config.T, config.num_steps, config.lam).x_T  # its own flow per update
+        grads = jax.grad(lambda p: critic_loss(config, p, x_T, y, k_gp)[0])(state.discriminator_params)
+        updates, opt_state = opt_phi.update(grads, state.discriminator_opt_state, state.discriminator_params)
+        return state.replace(discriminator_params=optax.apply_updates(state.discriminator_params, updates),
+                             discriminator_opt_state=opt_state)
+
+    @jax.jit
+    def potential_update(state, key):
+        x0 = sample_reference(config, key, (config.batch_size,))
+        grads = jax.grad(lambda p: potential_loss(config, p, state.discriminator_params, x0)[0])(
+            state.potential_params)
+        updates, opt_state = opt_u.update(grads, state.potential_opt_state, state.potential_params)
+        return state.replace(potential_params=optax.apply_updates(state.potential_params, updates),
+                             potential_opt_state=opt_state, step=state.step + 1)
+
+    def outer_iteration(state, data):
+        keys = jax.random.split(jax.random.fold_in(state.key, state.step), config.n_critic + 1)
+        for i in range(config.n_critic):
+            state = critic_update(state, data[i], keys[i])
+        return potential_update(state, keys[-1])
+
+    return outer_iteration
+
+
+def run(config: Config, repeats: int):
+    devices = jax.devices()[:1]
+    data = np.random.default_rng(0).uniform(0, 1, (config.n_critic, config.batch_size) + config.data_shape)
+    data = data.astype(np.float32)
+    state = init_train_state(config)
+
+    step = make_train_step(config, devices=devices, donate=False)
+    start = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    optimized = median_seconds(lambda: jax.block_until_ready(compiled(state, data)), repeats)
+
+    baseline_step = make_baseline(config)
+    jax.block_until_ready(baseline_step(state, data))  # compile
+    baseline = median_seconds(lambda: jax.block_until_ready(baseline_step(state, data)), repeats)
+    peak = matmul_peak_flops()
+    return {
+        "device": str(devices[0].device_kind), "platform": platform.platform(), "jax": jax.__version__,
+        "batch_size": config.batch_size, "n_critic": config.n_critic, "num_steps": config.num_steps,
+        "repeats": repeats, "compile_seconds": compile_seconds,
+        "optimized_seconds": optimized, "baseline_seconds": baseline, "optimized_over_baseline": optimized / baseline,
+        "step_flops": flops, "achieved_flops_per_s": flops / optimized, "matmul_peak_flops_per_s": peak,
+        "fraction_of_peak": flops / optimized / peak,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--n-critic", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/train_step.json")
+    args = parser.parse_args(argv)
+    config = dataclasses.replace(Config(), batch_size=args.batch_size, n_critic=args.n_critic)
+    result = run(config, args.repeats)
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
