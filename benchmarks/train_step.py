@@ -89,7 +89,7 @@ def run(config: Config, repeats: int):
 
     step = make_train_step(config, devices=devices, donate=False)
     start = time.perf_counter()
-    compiled = step.lower(state, data).compile()
+    compiled = step.jitted.lower(state, data).compile()
     compile_seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -171,20 +171,35 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     return new_state, metrics
 
 
-def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = None, donate: bool = True):
-    """Compile `outer_iteration` data-parallel over `devices` (default all): step(state, data) -> (state, metrics).
+def global_array(value, sharding: NamedSharding) -> jax.Array:
+    """A jax.Array with `sharding` from a host value that every process holds in full (numpy or jax)."""
+    if isinstance(value, jax.Array) and value.sharding == sharding:
+        return value
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    data: (n_critic, batch_size, *data_shape) float32, the global batch; it is placed with `data_sharding`.
+
+def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = None, donate: bool = True):
+    """Compile `outer_iteration` data-parallel over `devices` (default: all devices of all processes).
+
+    Returns step(state, data) -> (state, metrics); data: (n_critic, batch_size, *data_shape) float32, the
+    GLOBAL batch, identical on every process (e.g. `data.sample_batches`, a pure function of (seed, step));
+    each device receives its slice of the batch axis. `step.jitted` is the underlying jitted function.
     """
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     if config.batch_size % n_dev:
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n_dev})")
-    replicated = NamedSharding(mesh, P())
+    replicated, batch = NamedSharding(mesh, P()), data_sharding(mesh)
 
-    def step(state, data):
-        return outer_iteration(config, state, data, mesh)
+    jitted = jax.jit(partial(outer_iteration, config, mesh=mesh), in_shardings=(replicated, batch),
+                     out_shardings=(replicated, replicated), donate_argnums=(0,) if donate else ())
+    multi_process = jax.process_count() > 1
 
-    compiled = jax.jit(step, in_shardings=(replicated, data_sharding(mesh)),
-                       out_shardings=(replicated, replicated), donate_argnums=(0,) if donate else ())
-    return compiled
+    def step(state: TrainState, data) -> tuple[TrainState, dict]:
+        if multi_process:  # jit takes only global arrays from several processes
+            state = jax.tree_util.tree_map(lambda a: global_array(a, replicated), state)
+        return jitted(state, global_array(data, batch))
+
+    step.jitted = jitted
+    return step
