@@ -6,7 +6,9 @@ The compiled step is `w12_jax.make_train_step` (one program; the n_D critic flow
 n_D·B particles). The baseline is what a direct port of the authors' loop does: separately jitted φ and U
 updates called from Python, each φ update re-integrating its own flow. Both use the same loss functions
 (`w12_jax.train.critic_loss`, `potential_loss`). Achieved FLOP/s come from XLA's cost analysis of the
-compiled step; the machine's peak is a large f32 matmul timed in the same run. Timings are not asserted.
+compiled step; the machine's peak is a large f32 matmul timed in the same run. With the `bench` extra
+(PyTorch CPU) the same iteration in PyTorch eager (`benchmarks.torch_step`) is timed too. Timings are not
+asserted; ratios are measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ def run(config: Config, repeats: int):
     jax.block_until_ready(baseline_step(state, data))  # compile
     baseline = median_seconds(lambda: jax.block_until_ready(baseline_step(state, data)), repeats)
     peak = matmul_peak_flops()
+    try:  # the same outer iteration in PyTorch eager, if the `bench` extra is installed
+        from benchmarks.torch_step import seconds_per_iteration
+
+        torch_seconds, torch_version = seconds_per_iteration(config.batch_size, config.n_critic, repeats)
+    except ImportError:
+        torch_seconds, torch_version = float("nan"), "not installed"
     return {
         "device": str(devices[0].device_kind), "platform": platform.platform(), "jax": jax.__version__,
         "batch_size": config.batch_size, "n_critic": config.n_critic, "num_steps": config.num_steps,
@@ -107,6 +115,7 @@ def run(config: Config, repeats: int):
         "optimized_seconds": optimized, "baseline_seconds": baseline, "optimized_over_baseline": optimized / baseline,
         "step_flops": flops, "achieved_flops_per_s": flops / optimized, "matmul_peak_flops_per_s": peak,
         "fraction_of_peak": flops / optimized / peak,
+        "torch": torch_version, "torch_seconds": torch_seconds, "jax_over_torch": optimized / torch_seconds,
     }
 
 
