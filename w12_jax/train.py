@@ -176,6 +176,7 @@ def global_array(value, sharding: NamedSharding) -> jax.Array:
     if isinstance(value, jax.Array) and value.sharding == sharding:
         return value
     host = np.asarray(value)
+    host = host.astype(jax.dtypes.canonicalize_dtype(host.dtype))  # float64 -> float32 unless x64 is on
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
@@ -194,11 +195,9 @@ def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = No
 
     jitted = jax.jit(partial(outer_iteration, config, mesh=mesh), in_shardings=(replicated, batch),
                      out_shardings=(replicated, replicated), donate_argnums=(0,) if donate else ())
-    multi_process = jax.process_count() > 1
-
     def step(state: TrainState, data) -> tuple[TrainState, dict]:
-        if multi_process:  # jit takes only global arrays from several processes
-            state = jax.tree_util.tree_map(lambda a: global_array(a, replicated), state)
+        # global, replicated inputs: one compilation whatever the caller passes, and valid across processes
+        state = jax.tree_util.tree_map(lambda a: global_array(a, replicated), state)
         return jitted(state, global_array(data, batch))
 
     step.jitted = jitted
