@@ -1,0 +1,190 @@
+"""The `w12` command line in subprocesses (`python -m w12_jax`): train, resume, sample, evaluate, errors."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from w12_jax.checkpoint import Checkpointer
+from w12_jax.cli import main
+from w12_jax.loop import STATE_PARTS
+from w12_jax.train import METRICS
+
+from test_loop import PNG, leaves_equal
+
+TINY = ("dataset=8gaussians data_shape=2 architecture=mlp reference=gaussian T=1 dt=0.5 lam=0.5 "
+        "potential_hidden=8,8 discriminator_hidden=8 batch_size=8 n_critic=2 num_samples=200 "
+        "checkpoint_every=2 sample_every=100 log_every=1 eval_samples=64").split()
+
+
+def w12(*args, cwd, timeout=300):
+    """Run `python -m w12_jax *args`; returns CompletedProcess with text stdout/stderr."""
+    return subprocess.run([sys.executable, "-m", "w12_jax", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def stderr_line(proc):
+    """The single stderr line of a failed command (asserting there is exactly one and no traceback)."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def restore(workdir):
+    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+        return ckpt.restore()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir written by an uninterrupted `w12 train` (6 iterations), shared by the tests below."""
+    cwd = tmp_path_factory.mktemp("trained")
+    proc = w12("train", "--set", *TINY, "iterations=6", "--workdir", "run", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd, cwd / "run"
+
+
+def test_train_resume_sample_evaluate(trained, tmp_path):
+    first = w12("train", "--set", *TINY, "iterations=3", "--workdir", "part", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # --resume without --preset continues the workdir's own config; only the schedule is changed
+    second = w12("train", "--workdir", "part", "--resume", "--set", "iterations=6", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout and "from iteration 3" in second.stdout
+    (a, cfg_a), (b, cfg_b) = restore(trained[1]), restore(tmp_path / "part")
+    assert int(a.step) == int(b.step) == 6 and cfg_a == cfg_b
+    assert leaves_equal(a, b)
+
+    out = tmp_path / "draw" / "x.npz"
+    proc = w12("sample", "--workdir", "part", "--solver", "heun", "--nfe", 6, "--n", 12, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "NFE 6" in proc.stdout
+    with np.load(out) as z:
+        assert z["samples"].shape == (12, 2) and np.all(np.isfinite(z["samples"]))
+        assert int(z["nfe"]) == 6 and int(z["num_steps"]) == 3 and int(z["iteration"]) == 6
+        assert z["path"].shape == (3, 12, 2)  # min(K, 64) + 1 = 3 saved times of the trajectories
+        np.testing.assert_allclose(z["path"][0], z["x0"])
+    with open(out.with_suffix(".png"), "rb") as f:
+        assert f.read(8) == PNG
+
+    proc = w12("evaluate", "--workdir", "part", "--n", 50, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "part" / "evaluation.json") as f:
+        report = json.load(f)
+    assert report["iteration"] == 6 and report["num_samples"] == 50 and report["nfe"] == 2
+    assert 0 < report["straightness_ratio"] <= 1 + 1e-6
+    assert report["kinetic_energy"] >= report["straight_line_bound"] - 1e-6
+    assert np.isfinite(report["energy_distance"]) and np.isfinite(report["sliced_w2"])
+
+
+BAD = [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--set", "foo=1"], "unknown config key 'foo'"),
+    (["train", "--set", "lam=abc"], "lam='abc' is not a valid float"),
+    (["train", "--set", "lam=-1"], "lam must be a finite number > 0"),
+    (["train", "--set", "dt=0.3"], "dt=0.3 must divide T=5.0"),
+    (["train", "--set", "case=w3"], "case='w3' is not valid"),
+    (["train", "--set", "lam"], "expected key=value"),
+    (["train", "--set", "dataset=nope", "--workdir", "x"], "unknown data set 'nope'"),
+    (["train", "--set", "dataset=fashion_mnist", "data_dir=empty", "--workdir", "x"], "is missing train-images"),
+    (["train", "--preset", "moons-w1w2", "--set", "embed_dim=7", "--workdir", "x"], "data_shape=(2,)"),
+    (["sample"], "required: --workdir"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["sample", "--workdir", "nowhere"], "no checkpoint directory"),
+    (["sample", "--workdir", "{run}", "--solver", "rk99"], "unknown solver 'rk99'"),
+    (["sample", "--workdir", "{run}", "--solver", "heun", "--nfe", "3"], "--nfe 3 is not reachable"),
+    (["sample", "--workdir", "{run}", "--dt", "0.3"], "dt=0.3 must divide T=1.0"),
+    (["sample", "--workdir", "{run}", "--dt", "0.5", "--nfe", "2"], "not allowed with argument"),
+    (["train", "--workdir", "{run}", "--set", *TINY, "lam=0.25"], "different config (lam=0.5 there, 0.25 here)"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[:3]) for a, _ in BAD])
+def test_bad_input_is_one_line(trained, argv, message, monkeypatch, capsys):
+    """In process (`cli.main`, fast): an uncaught exception would fail the test as a traceback would."""
+    cwd, run = trained
+    (cwd / "empty").mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
+    try:
+        rc = main([a.replace("{run}", str(run)) for a in argv])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc not in (0, None)
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err
+    assert not (cwd / "x").exists()
+
+
+def test_bad_input_through_the_entry_point(tmp_path):
+    line = stderr_line(w12("train", "--set", "lam=0", cwd=tmp_path))
+    assert line == "w12: error: lam must be a finite number > 0, got 0.0"
+    assert stderr_line(w12("sample", cwd=tmp_path)).startswith("w12 sample: error:")
+
+
+def test_corrupt_checkpoint_is_one_line(trained, tmp_path):
+    _, run = trained
+    work = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run), str(work)], check=True)
+    step_dir = work / "checkpoints" / "6" / "state"
+    for root, _, files in os.walk(step_dir / "d"):
+        for name in files:  # flip every 7th byte of the array data
+            p = os.path.join(root, name)
+            b = bytearray(open(p, "rb").read())
+            b[::7] = bytes(x ^ 0xFF for x in b[::7])
+            open(p, "wb").write(b)
+    line = stderr_line(w12("sample", "--workdir", work, cwd=tmp_path))
+    assert "checkpoint 6" in line and "corrupt" in line
+
+
+def test_divergence_stops_with_one_line_and_keeps_last_checkpoint(tmp_path):
+    # unregularized, lam tiny and a huge learning rate: the flow explodes within a few iterations
+    proc = w12("train", "--set", *TINY, "iterations=50", "checkpoint_every=1", "case=none", "lam=1e-4",
+               "lr_potential=1e6", "lr_discriminator=1e6", "--workdir", "run", "--no-progress", cwd=tmp_path)
+    line = stderr_line(proc)
+    m = re.search(r"training diverged at iteration (\d+): (\w+) (is|holds)", line)
+    assert m, line
+    it, what = int(m.group(1)), m.group(2)
+    assert 1 < it < 50 and what in METRICS + STATE_PARTS
+    assert "last finite metrics" in line and f"last good checkpoint: iteration {it - 1}" in line
+    state, _ = restore(tmp_path / "run")
+    assert int(state.step) == it - 1
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state))
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        last = json.loads(f.read().splitlines()[-1])
+    assert last["iteration"] == it
+
+
+def test_sigint_saves_and_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "w12_jax", "train", "--set", *TINY, "iterations=100000", "checkpoint_every=1000",
+           "--workdir", "run"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    m = re.search(r"interrupted at iteration (\d+); checkpoint saved in .*; resume with: "
+                  r"w12 train --workdir \S+ --resume", err)
+    assert m, err
+    it = int(m.group(1))
+    assert it >= 3
+    state, _ = restore(tmp_path / "run")
+    assert int(state.step) == it
+    proc = w12("train", "--workdir", "run", "--resume", "--set", f"iterations={it + 2}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert int(restore(tmp_path / "run")[0].step) == it + 2

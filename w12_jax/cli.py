@@ -1,0 +1,240 @@
+"""Command line: `w12 train | presets | sample | evaluate` (thin: parse, build a Config, call the library).
+
+    w12 train [--preset NAME] [--set key=value ...] [--workdir DIR] [--resume]
+    w12 presets
+    w12 sample --workdir DIR [--solver NAME] [--dt H | --nfe N] [--n N] [--out FILE]
+    w12 evaluate --workdir DIR [--n N]
+
+Every bad input ends with one line on stderr and a non-zero exit status (2 for bad command-line syntax,
+1 for a bad value, data, checkpoint or a diverged run, 130 after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from w12_jax.config import FIELD_TYPES, ConfigError, override, parse_assignment
+from w12_jax.presets import DEFAULT_PRESET, PRESETS, get_preset
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(s.strip() for s in str(e).strip().splitlines() if s.strip())
+    return text or type(e).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="w12", description="W1⊕W2 proximal generative flows (arXiv 2407.11901).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,presets,sample,evaluate}")
+
+    p = sub.add_parser("train", help="train a preset (default: the main job, mnist5k)",
+                       description="Train a preset, writing checkpoints, metrics.jsonl and figures to the workdir.")
+    p.add_argument("--preset", default=None,
+                   help=f"preset name (default {DEFAULT_PRESET}; with --resume, the workdir's own config)")
+    p.add_argument("--set", dest="assignments", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set lam=0.1 iterations=200 case=w1; keys: case, "
+                        + ", ".join(FIELD_TYPES))
+    p.add_argument("--workdir", default=None, help="output directory (default runs/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the workdir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress messages")
+
+    sub.add_parser("presets", help="list the presets", description="List the presets, one line each.")
+
+    p = sub.add_parser("sample", help="draw samples from a trained workdir",
+                       description="Load the latest checkpoint of a workdir and integrate the flow with a "
+                                   "diffrax solver; writes samples (.npz) and a picture (.png).")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--solver", default="euler", help="euler, heun, midpoint, ralston, bosh3, tsit5, dopri5, dopri8")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--dt", type=float, default=None, help="fixed step h dividing T (default: the training h)")
+    step.add_argument("--nfe", type=int, default=None, help="number of evaluations of ∇U (sets the step count)")
+    p.add_argument("--n", type=int, default=None, help="number of samples (default 64 images / 1000 points)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference samples x0")
+    p.add_argument("--out", default=None, help="output .npz (default <workdir>/samples/<solver>_nfe<N>.npz); "
+                                               "the picture is written next to it as .png")
+
+    p = sub.add_parser("evaluate", help="evaluate a trained workdir, write evaluation.json",
+                       description="Sample quality and flow diagnostics of the latest checkpoint.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--n", type=int, default=None, help="number of samples (default: config eval_samples)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_presets(args) -> int:
+    width = max(len(k) for k in PRESETS)
+    for name, preset in PRESETS.items():
+        print(f"{name:<{width}}  {preset.description}")
+    return 0
+
+
+def _train_config(args):
+    from w12_jax.checkpoint import Checkpointer
+    from w12_jax.loop import _stored_config
+
+    assignments = dict(parse_assignment(a) for a in args.assignments)
+    preset = args.preset
+    workdir = args.workdir or os.path.join("runs", preset or DEFAULT_PRESET)
+    base = None
+    if args.resume and preset is None:  # continue the workdir's own run
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        if os.path.isdir(ckpt_dir):
+            with Checkpointer(ckpt_dir, read_only=True) as ckpt:
+                if ckpt.latest_step() is not None:
+                    base = ckpt.restore_config()
+        if base is None:
+            base = _stored_config(workdir)
+    if base is None:
+        base = get_preset(preset or DEFAULT_PRESET)
+    return override(base, assignments), workdir
+
+
+def cmd_train(args) -> int:
+    from w12_jax.loop import train_and_evaluate
+
+    config, workdir = _train_config(args)
+    train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _restore(workdir: str):
+    from w12_jax.checkpoint import Checkpointer
+
+    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+        state, config = ckpt.restore()
+    return state, config
+
+
+def _positive(name: str, value: Optional[int]) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from w12_jax import plots
+    from w12_jax.data import DataError
+    from w12_jax.loop import generate, load_config_dataset
+    from w12_jax.sample import evaluations_per_step, get_solver
+
+    _positive("--n", args.n)
+    solver = get_solver(args.solver)
+    if args.dt is not None and not args.dt > 0:
+        raise ConfigError(f"--dt must be > 0, got {args.dt}")
+    state, config = _restore(args.workdir)
+    num_steps, dt = None, args.dt
+    if args.nfe is not None:
+        per_step, extra = evaluations_per_step(solver)
+        steps, rem = divmod(args.nfe - extra, per_step)
+        if rem or steps < 1:
+            raise ConfigError(f"--nfe {args.nfe} is not reachable with solver {args.solver}: "
+                              f"NFE = {per_step}·steps + {extra}, steps >= 1")
+        num_steps = steps
+    elif dt is None:
+        dt = config.dt
+    image = len(config.data_shape) == 3
+    n = args.n or (64 if image else 1000)
+    save_points = None if image else min(config.num_steps, 64) + 1
+    x0, res = generate(config, state.potential_params, n, seed=args.seed, solver=solver, dt=dt,
+                       num_steps=num_steps, save_points=save_points)
+    nfe = int(res.nfe)
+    out = args.out or os.path.join(args.workdir, "samples", f"{args.solver.lower()}_nfe{nfe}.npz")
+    if not out.endswith(".npz"):
+        out += ".npz"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    arrays = {"samples": np.asarray(res.x_T), "x0": x0, "nfe": nfe, "num_steps": int(res.num_steps),
+              "solver": args.solver.lower(), "T": config.T, "lam": config.lam, "iteration": int(state.step)}
+    if res.path is not None:
+        arrays.update(path=np.asarray(res.path), ts=np.asarray(res.ts))
+    np.savez(out, **arrays)
+    data = None
+    if not image:
+        try:
+            data = load_config_dataset(config).heldout
+        except (DataError, ConfigError):
+            data = None  # the picture is drawn without the data
+    title = f"{config.dataset} {config.case}, iteration {int(state.step)}, {args.solver.lower()}, NFE {nfe}"
+    picture = plots.samples_figure(arrays["samples"], out[:-4] + ".png", data=data,
+                                   trajectories=arrays.get("path"), title=title)
+    print(f"wrote {n} samples to {out} and {picture}; solver {args.solver.lower()}, "
+          f"{int(res.num_steps)} steps, NFE {nfe}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from w12_jax.evaluation import DIGIT_DATASETS, evaluate
+    from w12_jax.metrics import classifier_cache_path
+    from w12_jax.loop import load_config_dataset
+
+    _positive("--n", args.n)
+    state, config = _restore(args.workdir)
+    ds = load_config_dataset(config)
+    if config.dataset in DIGIT_DATASETS and not classifier_cache_path().is_file():
+        print(f"training the digit classifier once (cached in {classifier_cache_path()})", flush=True)
+    report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case,
+              **evaluate(config, state.potential_params, ds, num_samples=args.n, seed=args.seed)}
+    path = os.path.join(args.workdir, "evaluation.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    for k, v in report.items():
+        print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _quiet_closed_event_loop() -> None:
+    """Drop the 'Event loop is closed' reports of tensorstore reads still in flight after orbax gave up on
+    a corrupt checkpoint (the failure itself is reported as one CheckpointError line)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_w12_quiet", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._w12_quiet = True
+    sys.unraisablehook = hook
+
+
+COMMANDS = {"train": cmd_train, "presets": cmd_presets, "sample": cmd_sample, "evaluate": cmd_evaluate}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `w12` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        import absl.logging  # orbax logs through absl; keep stderr for our one-line errors
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+    _quiet_closed_event_loop()
+    from w12_jax.loop import TrainingDiverged, TrainingInterrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingInterrupted as e:
+        print(f"w12: {_one_line(e)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("w12: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, TrainingDiverged) as e:  # ConfigError, DataError, CheckpointError, ...
+        print(f"w12: error: {_one_line(e)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,87 @@
+"""Named configurations: the paper's runs (DESIGN.md §6) as `Config` values.
+
+    get_preset("mnist-w1")           # MNIST (mnist5k), W1 proximal only, paper hyper-parameters
+    get_preset("pinwheel12d-w1w2")   # Pinwheel zero-padded into R^12, both proximals
+
+Every preset is `dataclasses.replace` of `Config` plus `with_case`; the four cases of the paper are four
+values of the same base, never separate code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+from w12_jax.config import Config, ConfigError, with_case
+
+CASE_NAMES = {"w1w2": "W1⊕W2", "w1": "W1 only", "w2": "W2 only", "none": "unregularized"}  # listing order
+LOWDIM_DATASETS = ("moons", "pinwheel", "circles", "8gaussians", "checkerboard", "swissroll", "spirals")
+LOWDIM_DIMS = (2, 7, 12)
+
+
+class Preset(NamedTuple):
+    config: Config
+    description: str
+
+
+# DESIGN.md §6, MNIST column: the defaults of Config are the paper's MNIST W1⊕W2 run.
+MNIST = Config(dataset="mnist5k", iterations=5000, log_every=10, checkpoint_every=500, sample_every=500)
+# The paper's unregularized and W2-only runs reach NaN before iteration 200.
+MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50, sample_every=50)
+
+# ------------------------------------------------------------------------------------------------
+# THE MAIN JOB (`w12 train` with no preset). PLACEHOLDER: the paper's W1⊕W2 networks on mnist5k with
+# a short schedule. To be replaced by the measured fast CPU configuration (lead engineer).
+MAIN = dataclasses.replace(MNIST, iterations=1000, checkpoint_every=250, sample_every=250)
+MAIN_DESCRIPTION = "main job: W1⊕W2 on mnist5k, paper networks, 1000 iterations (placeholder schedule)"
+# ------------------------------------------------------------------------------------------------
+
+
+def lowdim_config(dataset: str, dim: int) -> Config:
+    """DESIGN.md §6 low-dim column: `dataset` in R^2, or zero-padded into R^dim (dim 7 or 12)."""
+    embedded = dim > 2
+    return Config(
+        dataset=dataset, data_shape=(dim,), embed_dim=dim if embedded else 0, num_samples=100_000,
+        reference="gaussian", reference_scale=1.0, architecture="mlp",
+        T=1.0, dt=0.2, lam=0.1 if embedded else 0.5, L=1.0, gp_weight=0.01 if embedded else 0.1,
+        n_critic=5, batch_size=200, lr_discriminator=2e-5, lr_potential=1e-4, iterations=25_000,
+        potential_hidden=(64,) * 5, potential_activation="tanh",
+        discriminator_hidden=(64,) * 3, discriminator_activation="relu",
+        log_every=100, checkpoint_every=1000, sample_every=5000, eval_samples=5000,
+    )
+
+
+def _build() -> dict[str, Preset]:
+    presets = {"mnist5k": Preset(MAIN, MAIN_DESCRIPTION)}
+    for case in CASE_NAMES:
+        base = MNIST if case in ("w1w2", "w1") else MNIST_DIVERGING
+        cfg = with_case(base, case)
+        presets[f"mnist-{case}"] = Preset(
+            cfg, f"{CASE_NAMES[case]} on mnist5k, paper settings, {cfg.iterations} iterations")
+    for dataset in LOWDIM_DATASETS:
+        for dim in LOWDIM_DIMS:
+            stem = dataset if dim == 2 else f"{dataset}{dim}d"
+            where = "2-D" if dim == 2 else f"2-D embedded in R^{dim}"
+            for case in CASE_NAMES:
+                cfg = with_case(lowdim_config(dataset, dim), case)
+                presets[f"{stem}-{case}"] = Preset(
+                    cfg, f"{CASE_NAMES[case]} on {dataset} ({where}), paper low-dim settings, "
+                         f"{cfg.iterations} iterations")
+    return presets
+
+
+PRESETS: dict[str, Preset] = _build()
+DEFAULT_PRESET = "mnist5k"
+
+
+def get_preset(name: str) -> Config:
+    """The config of preset `name`; ConfigError (a ValueError) listing the names when unknown."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name].config
+
+
+def describe(name: str) -> str:
+    """One-line description of preset `name`."""
+    get_preset(name)
+    return PRESETS[name].description
