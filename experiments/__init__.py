@@ -1,0 +1,1 @@
+"""Experiments reproducing the paper's findings: `python -m experiments.NAME`; results in experiments/results/."""

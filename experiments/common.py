@@ -1,0 +1,45 @@
+"""Shared plumbing of the experiments: run a config into a workdir, record divergence, write markdown."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Sequence
+
+import jax
+
+from w12_jax.config import Config
+from w12_jax.loop import TrainingDiverged, train_and_evaluate
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+RUNS = os.environ.get("W12_EXPERIMENT_RUNS", os.path.join("runs", "experiments"))
+
+
+def train_or_diverge(config: Config, workdir: str):
+    """(state or None, message): trains (resuming a finished or partial run in workdir); None if it diverged."""
+    resume = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    try:
+        return train_and_evaluate(config, workdir, resume=resume, progress=True), "trained"
+    except TrainingDiverged as e:
+        return None, str(e)
+
+
+def machine() -> str:
+    """One line naming the machine the numbers come from."""
+    dev = jax.devices()[0]
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, JAX {jax.__version__} on "
+            f"{jax.default_backend()} ({dev.device_kind}, {jax.device_count()} device(s))")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that reproduces a results file."""
+    return " ".join(["python -m", module, *argv])
