@@ -52,6 +52,9 @@ LIVE_METRICS = (("divergence", "div"), ("kinetic_energy", "KE"), ("hj_residual",
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "orbax-checkpoint", "numpy")
 STATE_PARTS = ("potential_params", "discriminator_params", "potential_opt_state", "discriminator_opt_state")
 SAMPLE_KEY = 0x5A3  # fold_in tag of the fixed x0 used for the sample figures
+# the most Euler steps K = T/dt: the default max_steps of w12_jax.sample.sample, which draws the figures
+# (the paper uses K <= 10; without a bound, a huge T/dt fails inside XLA with a traceback)
+MAX_EULER_STEPS = 16_384
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,13 +67,25 @@ class TrainingInterrupted(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ data
 def load_config_dataset(config: Config) -> Dataset:
-    """The data set named by `config`; ConfigError when its sample shape is not config.data_shape."""
+    """The data set named by `config`; ConfigError when its sample shape is not config.data_shape or a
+    split is empty (too small num_samples)."""
     ds = load_dataset(config.dataset, seed=config.seed, embed_dim=config.embed_dim or None,
                       data_dir=config.data_dir or None, num_samples=config.num_samples or None)
     if tuple(ds.sample_shape) != tuple(config.data_shape):
         raise ConfigError(f"data set {config.dataset!r} has samples of shape {ds.sample_shape} but "
                           f"data_shape={tuple(config.data_shape)}; set data_shape (and architecture) to match")
+    if len(ds.train) == 0 or len(ds.heldout) == 0:
+        raise ConfigError(f"data set {config.dataset!r} with num_samples={config.num_samples} has {len(ds.train)} "
+                          f"training and {len(ds.heldout)} held-out samples; both must be non-empty, "
+                          "raise num_samples")
     return ds
+
+
+def check_feasible(config: Config) -> None:
+    """ConfigError when K = T/dt is more than MAX_EULER_STEPS Euler steps (the sampler's default limit)."""
+    if config.num_steps > MAX_EULER_STEPS:
+        raise ConfigError(f"T={config.T:g} and dt={config.dt:g} give T/dt={config.T / config.dt:g} Euler steps, "
+                          f"more than {MAX_EULER_STEPS}; raise dt or lower T")
 
 
 # -------------------------------------------------------------------------------------- sampling
@@ -229,6 +244,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
             tqdm.write(msg)
 
     # everything that can be wrong with the request is checked before the workdir is touched
+    check_feasible(config)
     ds = load_config_dataset(config)
     step_fn = make_train_step(config, devices)
     mesh = make_mesh(devices)
