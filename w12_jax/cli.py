@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="output directory (default runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the workdir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress messages")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-process run: address of process 0 (with --num-processes, --process-id; "
+                        "every process runs the same command)")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
 
     sub.add_parser("presets", help="list the presets", description="List the presets, one line each.")
 
@@ -103,6 +108,10 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from w12_jax.loop import train_and_evaluate
 
+    if args.coordinator is not None or args.num_processes is not None:
+        from w12_jax.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
     config, workdir = _train_config(args)
     train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
     return 0
