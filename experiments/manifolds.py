@@ -5,7 +5,7 @@ straightness; scatter plots of the first two coordinates with trajectories.
     python -m experiments.manifolds              # CPU schedule
     python -m experiments.manifolds --full       # the paper's 25000 iterations at lr 2e-5 / 1e-4
 
-The CPU schedule trains `--iterations` (default 3000) outer iterations at 10x the paper's learning rates.
+The CPU schedule trains `--iterations` (default 2000) outer iterations at 10x the paper's learning rates.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def config_for(dataset, dim, case, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true")
-    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--out", default=os.path.join(RESULTS, "manifolds"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
