@@ -78,11 +78,14 @@ def main(argv=None):
         results[case] = {"status": status, "config": cfg.to_dict(), "records": records, "last": last,
                          "mean_from_100": mean, "nan_at": nan_at,
                          "terminal_residual_growth": (max(term) / term[0]) if term else float("nan")}
-        rows.append([CASE_NAMES[case], "diverged" if state is None else "trained",
+        growth = results[case]["terminal_residual_growth"]
+        outcome = ("diverged (NaN/Inf)" if state is None or nan_at is not None
+                   else f"terminal residual x{growth:.0f}: exploding" if growth > 10 else "trained")
+        rows.append([CASE_NAMES[case], outcome,
                      nan_at if nan_at is not None else "–", last.get("iteration", "–"),
                      last.get("divergence", "–"), last.get("kinetic_energy", "–"), last.get("hj_residual", "–"),
                      last.get("terminal_residual", "–"), mean["kinetic_energy"], mean["hj_residual"],
-                     results[case]["terminal_residual_growth"], last.get("grad_phi_gen_mean", "–")])
+                     growth, last.get("grad_phi_gen_mean", "–")])
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for ax, (key, title) in zip(axes, CURVES):
