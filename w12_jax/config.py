@@ -19,6 +19,7 @@ DIVERGENCES = ("kl", "reverse_kl", "alpha", "w1")
 ARCHITECTURES = ("conv", "mlp")
 ACTIVATIONS = ("relu", "tanh", "softplus", "silu", "elu")
 REFERENCES = ("uniform", "gaussian")
+MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 
 
@@ -127,6 +128,9 @@ def _validate(cfg: Config) -> None:
     k = cfg.T / cfg.dt
     if abs(k - round(k)) > 1e-6 * max(1.0, k) or round(k) < 1:
         raise ConfigError(f"dt={cfg.dt} must divide T={cfg.T} into a whole number of steps (got T/dt={k:g})")
+    if round(k) > MAX_EULER_STEPS:
+        raise ConfigError(f"T={cfg.T:g} and dt={cfg.dt:g} give T/dt={k:g} Euler steps, "
+                          f"more than {MAX_EULER_STEPS}; raise dt or lower T")
     for name in ("beta1", "beta2"):
         v = getattr(cfg, name)
         if not 0 <= v < 1:

@@ -16,11 +16,12 @@ import struct
 
 import numpy as np
 
+from w12_jax.config import REFERENCES
+
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "digits8x8")
 TOY_DATASETS = ("moons", "pinwheel", "circles", "8gaussians", "checkerboard", "swissroll", "spirals")
 DATASETS = IMAGE_DATASETS + TOY_DATASETS
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
-REFERENCES = ("uniform", "gaussian")
 
 # Debian package `dataset-fashion-mnist` installs the four gzipped IDX files here.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

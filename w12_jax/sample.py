@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from w12_jax.config import MAX_EULER_STEPS
 from w12_jax.flow import potential_derivatives, scalar_potential
 
 SOLVERS = {
@@ -66,7 +67,7 @@ def evaluations_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
 def sample(potential, params, x0, *, T: float, lam: float,
            solver: Union[str, diffrax.AbstractSolver] = "euler", dt: Optional[float] = None,
            num_steps: Optional[int] = None, rtol: Optional[float] = None, atol: Optional[float] = None,
-           save_points: Optional[int] = None, max_steps: int = 16384) -> SampleResult:
+           save_points: Optional[int] = None, max_steps: int = MAX_EULER_STEPS) -> SampleResult:
     """x_T from x0 (B, *shape) under dx/dt = −∇U(x, t)/lam, jit-compiled.
 
     Give exactly one of `dt` (fixed step, must divide T), `num_steps` (h = T/num_steps), or `rtol`/`atol`
