@@ -64,6 +64,7 @@ class Config:
     architecture: str = "conv"
     conv_channels: tuple[int, ...] = (8, 8)
     conv_kernel: int = 7
+    conv_space_to_depth: bool = True  # first conv (≤ 3 input channels) via space-to-depth: same function, faster
     potential_hidden: tuple[int, ...] = (512, 512, 512)
     potential_activation: str = "relu"
     discriminator_hidden: tuple[int, ...] = (256, 256, 256)

@@ -10,11 +10,72 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from w12_jax.config import Config
 
 ACTIVATION_FNS = {"relu": nn.relu, "tanh": nn.tanh, "softplus": nn.softplus, "silu": nn.silu, "elu": nn.elu}
+
+
+def block_kernel_selector(kernel: int) -> np.ndarray:
+    """0/1 tensor S (kb, kb, 2, 2, 2, 2, k, k) mapping a k×k kernel to its 2×2 space-to-depth form.
+
+    With X[P, Q, (r', s')] = x[2P + r', 2Q + s'], the SAME k×k conv y[2P + r, 2Q + s] becomes a SAME
+    kb×kb conv of X whose kernel entry [a, b, (r', s'), (r, s)] is w[di, dj] with di = 2(a − m') + r' − r,
+    m' = ⌈m/2⌉, m = ⌊k/2⌋, kb = 2m' + 1 (zero where |di| or |dj| > m).
+    """
+    m = kernel // 2
+    half = (m + 1) // 2
+    kb = 2 * half + 1
+    sel = np.zeros((kb, kb, 2, 2, 2, 2, kernel, kernel), np.float32)
+    for a, b, rp, sp, r, s in np.ndindex(kb, kb, 2, 2, 2, 2):
+        di, dj = 2 * (a - half) + rp - r, 2 * (b - half) + sp - s
+        if abs(di) <= m and abs(dj) <= m:
+            sel[a, b, rp, sp, r, s, di + m, dj + m] = 1.0
+    return sel
+
+
+def conv_relu_pool_s2d(x, w):
+    """relu(max-pool 2×2(conv_SAME(x, w))) via space-to-depth: x (B, H, W, C) with H, W even, w (k, k, C, F).
+
+    The 2×2 pool windows become channel groups, so the conv runs on (H/2, W/2) with 4C inputs and 4F
+    outputs (a kb×kb kernel, kb = 2⌈⌊k/2⌋/2⌉ + 1) and the pool is a max over the 4 groups. The same
+    function as `nn.Conv` + `nn.max_pool`, and on XLA:CPU 4x faster for C = 1.
+    """
+    k, _, c, f = w.shape
+    sel = block_kernel_selector(k)
+    kb = sel.shape[0]
+    wb = jnp.einsum("abpqrsij,ijco->abpqcrso", sel, w).reshape(kb, kb, 4 * c, 4 * f)
+    b, h, wd, _ = x.shape
+    xb = x.reshape(b, h // 2, 2, wd // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, wd // 2, 4 * c)
+    pad = (kb - 1) // 2
+    y = jax.lax.conv_general_dilated(xb, wb, (1, 1), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return nn.relu(jnp.max(y.reshape(b, h // 2, wd // 2, 4, f), axis=3))
+
+
+class ConvReluPool(nn.Module):
+    """conv k×k (F channels, no bias, SAME) → ReLU → 2×2 max-pool: (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, F).
+
+    Parameter `kernel` (k, k, C, F) as in `nn.Conv`. With `space_to_depth`, few input channels (C ≤ 3), odd
+    k and even H, W it computes the identical function through `conv_relu_pool_s2d`.
+    """
+
+    features: int
+    kernel: int
+    space_to_depth: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", nn.initializers.lecun_normal(),
+                       (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
+        w = w.astype(x.dtype)
+        if self.space_to_depth and x.shape[-1] <= 3 and self.kernel % 2 == 1 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+            return conv_relu_pool_s2d(x, w)
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2), padding="SAME")
 
 
 class ConvFeatures(nn.Module):
@@ -22,12 +83,12 @@ class ConvFeatures(nn.Module):
 
     channels: Sequence[int]
     kernel: int
+    space_to_depth: bool = True
 
     @nn.compact
     def __call__(self, x):
-        for c in self.channels:
-            x = nn.Conv(c, (self.kernel, self.kernel), padding="SAME", use_bias=False)(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
+        for i, c in enumerate(self.channels):
+            x = ConvReluPool(c, self.kernel, self.space_to_depth, name=f"Conv_{i}")(x)
         return x.reshape(x.shape[0], -1)
 
 
@@ -52,11 +113,12 @@ class Potential(nn.Module):
     activation: str
     conv_channels: Sequence[int] = ()
     conv_kernel: int = 7
+    space_to_depth: bool = True
 
     @nn.compact
     def __call__(self, x, t):
         if self.conv_channels:
-            h = ConvFeatures(self.conv_channels, self.conv_kernel)(x)
+            h = ConvFeatures(self.conv_channels, self.conv_kernel, self.space_to_depth)(x)
         else:
             h = x.reshape(x.shape[0], -1)
         h = jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
@@ -70,11 +132,12 @@ class Discriminator(nn.Module):
     activation: str
     conv_channels: Sequence[int] = ()
     conv_kernel: int = 7
+    space_to_depth: bool = True
 
     @nn.compact
     def __call__(self, x):
         if self.conv_channels:
-            h = ConvFeatures(self.conv_channels, self.conv_kernel)(x)
+            h = ConvFeatures(self.conv_channels, self.conv_kernel, self.space_to_depth)(x)
         else:
             h = x.reshape(x.shape[0], -1)
         return ScalarMLP(self.hidden, self.activation)(h)
@@ -83,11 +146,12 @@ class Discriminator(nn.Module):
 def make_potential(config: Config) -> Potential:
     """The potential network described by `config`."""
     conv = config.conv_channels if config.architecture == "conv" else ()
-    return Potential(config.potential_hidden, config.potential_activation, conv, config.conv_kernel)
+    return Potential(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
+                     config.conv_space_to_depth)
 
 
 def make_discriminator(config: Config) -> Discriminator:
     """The discriminator network described by `config`."""
     conv = config.conv_channels if config.architecture == "conv" else ()
     return Discriminator(config.discriminator_hidden, config.discriminator_activation, conv,
-                         config.conv_kernel)
+                         config.conv_kernel, config.conv_space_to_depth)

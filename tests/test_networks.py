@@ -1,0 +1,64 @@
+"""The space-to-depth conv layer computes the same function as nn.Conv + nn.max_pool, to every derivative
+the training uses: values, ∇x (the flow's velocity) and ∂/∂w of a function of ∇x (the U and GP updates)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from w12_jax.networks import ConvFeatures, ConvReluPool, block_kernel_selector
+
+
+class PlainConvFeatures(nn.Module):
+    """The reference: Flax's own conv and max-pool layers, named as ConvFeatures names them."""
+
+    channels: tuple
+    kernel: int
+
+    @nn.compact
+    def __call__(self, x):
+        for c in self.channels:
+            x = nn.Conv(c, (self.kernel, self.kernel), padding="SAME", use_bias=False)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
+        return x.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("kernel,channels,size", [(7, 1, 28), (5, 3, 8), (3, 2, 6), (9, 1, 10)])
+def test_space_to_depth_matches_flax_conv_and_pool_to_second_order(kernel, channels, size):
+    with jax.enable_x64(True):
+        x = jax.random.uniform(jax.random.PRNGKey(0), (3, size, size, channels), jnp.float64)
+        fast, plain = ConvFeatures((4, 4), kernel), PlainConvFeatures((4, 4), kernel)
+        params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), plain.init(jax.random.PRNGKey(1), x))
+        fast_params = fast.init(jax.random.PRNGKey(1), x)
+        assert jax.tree_util.tree_structure(fast_params) == jax.tree_util.tree_structure(params)
+        v = jax.random.normal(jax.random.PRNGKey(2), x.shape, jnp.float64)
+
+        def derivatives(module):
+            f = lambda p, x: jnp.sum(jnp.tanh(module.apply(p, x)))
+            grad_x = lambda p: jax.grad(f, argnums=1)(p, x)
+            return (module.apply(params, x), grad_x(params),
+                    jax.grad(lambda p: jnp.sum(grad_x(p) * v))(params))
+
+        for a, b in zip(jax.tree_util.tree_leaves(derivatives(fast)), jax.tree_util.tree_leaves(derivatives(plain))):
+            assert float(jnp.max(jnp.abs(b))) > 1e-3  # not a vacuous comparison
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_block_kernel_selector_places_every_tap_once_per_output_phase():
+    for k in (3, 5, 7, 9):
+        sel = block_kernel_selector(k)
+        assert sel.shape[0] == 2 * ((k // 2 + 1) // 2) + 1
+        # for each output phase (r, s), each of the k×k taps appears exactly once
+        np.testing.assert_array_equal(sel.sum(axis=(0, 1, 2, 3)), np.ones((2, 2, k, k)))
+
+
+def test_odd_sizes_fall_back_to_the_plain_layer():
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 7, 7, 1))
+    layer = ConvReluPool(3, 5)
+    params = layer.init(jax.random.PRNGKey(1), x)
+    w = params["params"]["kernel"]
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    expected = nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2), padding="SAME")
+    assert layer.apply(params, x).shape == (2, 4, 4, 3)
+    np.testing.assert_array_equal(layer.apply(params, x), expected)
