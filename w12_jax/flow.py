@@ -13,6 +13,15 @@ import jax.numpy as jnp
 
 ScalarPotential = Callable[[jax.Array, jax.Array], jax.Array]  # (x: data_shape, t: ()) -> ()
 
+# Loops of at most this many steps are unrolled: XLA:CPU runs a while-loop body on one thread, so a
+# rolled 5-step flow took 2.0x as long as the unrolled one on 2 cores (benchmarks/results/README.md).
+MAX_UNROLL = 16
+
+
+def unroll_for(num_steps: int) -> int | bool:
+    """`lax.scan`'s `unroll`: everything for short loops (≤ MAX_UNROLL), else a rolled loop."""
+    return True if num_steps <= MAX_UNROLL else 1
+
 
 def scalar_potential(potential, params) -> ScalarPotential:
     """u(x, t) for ONE sample from a batched Flax potential module and its params."""
@@ -48,7 +57,8 @@ def euler_flow(u: ScalarPotential, x0, T: float, num_steps: int, lam: float, kee
         x_next = x - (h / lam) * g
         return x_next, (g, dtu, x)
 
-    x_T, (grad_u, dt_u, xs) = jax.lax.scan(step, x0, jnp.arange(num_steps, dtype=x0.dtype))
+    x_T, (grad_u, dt_u, xs) = jax.lax.scan(step, x0, jnp.arange(num_steps, dtype=x0.dtype),
+                                           unroll=unroll_for(num_steps))
     path = jnp.concatenate([xs, x_T[None]], axis=0) if keep_path else None
     return EulerFlow(x_T, grad_u, dt_u, path)
 
