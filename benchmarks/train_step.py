@@ -2,10 +2,13 @@
 
     python -m benchmarks.train_step [--batch-size 200] [--n-critic 5] [--repeats 5]
 
-The compiled step is `w12_jax.make_train_step` (one program; the n_D critic flows share one flow of
-n_D·B particles). The baseline is what a direct port of the authors' loop does: separately jitted φ and U
-updates called from Python, each φ update re-integrating its own flow. Both use the same loss functions
-(`w12_jax.train.critic_loss`, `potential_loss`). Achieved FLOP/s come from XLA's cost analysis of the
+The compiled step is `w12_jax.make_train_step` (one program: the n_D φ updates and the U update, the flows
+unrolled, the first conv layer by space-to-depth), timed in its variants: n_D critic flows of B particles
+(the CPU default) or one flow of n_D·B (the accelerator default), and without the three indicator gradient
+passes. The baseline is what a direct port of the authors' loop does: separately jitted φ and U updates
+called from Python, each φ update re-integrating its own flow, with Flax's `nn.Conv` and `nn.max_pool`
+(`conv_space_to_depth=False`); it is timed also with the library's layers, which isolates the effect of the
+program structure. All use the same loss functions (`w12_jax.train.critic_loss`, `potential_loss`). Achieved FLOP/s come from XLA's cost analysis of the
 compiled step; the machine's peak is a large f32 matmul timed in the same run. With the `bench` extra
 (PyTorch CPU) the same iteration in PyTorch eager (`benchmarks.torch_step`) is timed too. Timings are not
 asserted; ratios are measured side by side in one run.
@@ -83,24 +86,36 @@ def make_baseline(config: Config):
     return outer_iteration
 
 
-def run(config: Config, repeats: int):
-    devices = jax.devices()[:1]
-    data = np.random.default_rng(0).uniform(0, 1, (config.n_critic, config.batch_size) + config.data_shape)
-    data = data.astype(np.float32)
-    state = init_train_state(config)
-
-    step = make_train_step(config, devices=devices, donate=False)
+def compiled_seconds(config, state, data, devices, repeats, **options):
+    """(median s per call, compile s, XLA cost-analysis FLOPs) of `make_train_step(config, **options)`."""
+    step = make_train_step(config, devices=devices, donate=False, **options)
     start = time.perf_counter()
     compiled = step.jitted.lower(state, data).compile()
     compile_seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    optimized = median_seconds(lambda: jax.block_until_ready(compiled(state, data)), repeats)
+    return median_seconds(lambda: jax.block_until_ready(compiled(state, data)), repeats), compile_seconds, flops
 
+
+def baseline_seconds(config, state, data, repeats):
+    """Median s per outer iteration of `make_baseline(config)` after its first (compiling) call."""
     baseline_step = make_baseline(config)
-    jax.block_until_ready(baseline_step(state, data))  # compile
-    baseline = median_seconds(lambda: jax.block_until_ready(baseline_step(state, data)), repeats)
+    jax.block_until_ready(baseline_step(state, data))
+    return median_seconds(lambda: jax.block_until_ready(baseline_step(state, data)), repeats)
+
+
+def run(config: Config, repeats: int):
+    devices = jax.devices()[:1]
+    data = np.random.default_rng(0).uniform(0, 1, (config.n_critic, config.batch_size) + config.data_shape)
+    data = data.astype(np.float32)
+    state = init_train_state(config)
+
+    optimized, compile_seconds, flops = compiled_seconds(config, state, data, devices, repeats)
+    batched_flow, _, _ = compiled_seconds(config, state, data, devices, repeats, batched_critic_flow=True)
+    no_indicators, _, _ = compiled_seconds(config, state, data, devices, repeats, indicators=False)
+    baseline = baseline_seconds(dataclasses.replace(config, conv_space_to_depth=False), state, data, repeats)
+    baseline_library_layers = baseline_seconds(config, state, data, repeats)
     peak = matmul_peak_flops()
     try:  # the same outer iteration in PyTorch eager, if the `bench` extra is installed
         from benchmarks.torch_step import seconds_per_iteration
@@ -112,7 +127,11 @@ def run(config: Config, repeats: int):
         "device": str(devices[0].device_kind), "platform": platform.platform(), "jax": jax.__version__,
         "batch_size": config.batch_size, "n_critic": config.n_critic, "num_steps": config.num_steps,
         "repeats": repeats, "compile_seconds": compile_seconds,
-        "optimized_seconds": optimized, "baseline_seconds": baseline, "optimized_over_baseline": optimized / baseline,
+        "optimized_seconds": optimized, "optimized_batched_critic_flow_seconds": batched_flow,
+        "optimized_no_indicators_seconds": no_indicators,
+        "baseline_seconds": baseline, "optimized_over_baseline": optimized / baseline,
+        "baseline_library_layers_seconds": baseline_library_layers,
+        "optimized_over_baseline_library_layers": optimized / baseline_library_layers,
         "step_flops": flops, "achieved_flops_per_s": flops / optimized, "matmul_peak_flops_per_s": peak,
         "fraction_of_peak": flops / optimized / peak,
         "torch": torch_version, "torch_seconds": torch_seconds, "jax_over_torch": optimized / torch_seconds,

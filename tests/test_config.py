@@ -19,6 +19,7 @@ BASE = Config()
     ("lam", "abc", "not a valid float"), ("use_w1", "maybe", "not a valid bool"), ("gp_weight", "-1", ">= 0"),
     ("beta1", "1", "[0, 1)"), ("architecture", "resnet", "conv, mlp"), ("lam", "nan", "finite"),
     ("reference_high", "-1", "reference_low must be < reference_high"),
+    ("discriminator_architecture", "resnet", "choose one of same, conv, mlp"),
 ])
 def test_bad_values_rejected_in_one_line(key, value, needle):
     with pytest.raises(ConfigError) as e:

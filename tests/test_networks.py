@@ -62,3 +62,18 @@ def test_odd_sizes_fall_back_to_the_plain_layer():
     expected = nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2), padding="SAME")
     assert layer.apply(params, x).shape == (2, 4, 4, 3)
     np.testing.assert_array_equal(layer.apply(params, x), expected)
+
+
+def test_discriminator_architecture_overrides_the_shared_one():
+    from w12_jax.config import Config, ConfigError
+    from w12_jax.networks import make_discriminator, make_potential
+
+    cfg = Config(architecture="mlp", discriminator_architecture="conv", conv_channels=(4,))
+    x = jnp.zeros((2, 28, 28, 1))
+    phi_params = make_discriminator(cfg).init(jax.random.PRNGKey(0), x)["params"]
+    u_params = make_potential(cfg).init(jax.random.PRNGKey(0), x, jnp.zeros(2))["params"]
+    assert phi_params["ConvFeatures_0"]["Conv_0"]["kernel"].shape == (7, 7, 1, 4)
+    assert "ConvFeatures_0" not in u_params
+    assert u_params["ScalarMLP_0"]["Dense_0"]["kernel"].shape[0] == 28 * 28 + 1  # pixels ⊕ t
+    with pytest.raises(ConfigError, match="discriminator_architecture='conv' needs image data"):
+        Config(data_shape=(2,), architecture="mlp", discriminator_architecture="conv")

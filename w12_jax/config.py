@@ -61,7 +61,8 @@ class Config:
     iterations: int = 5000
     seed: int = 0
     # networks (DESIGN.md §6)
-    architecture: str = "conv"
+    architecture: str = "conv"  # of U, and of phi unless discriminator_architecture says otherwise
+    discriminator_architecture: str = "same"  # "same" as `architecture`, or "conv" / "mlp"
     conv_channels: tuple[int, ...] = (8, 8)
     conv_kernel: int = 7
     conv_space_to_depth: bool = True  # first conv (≤ 3 input channels) via space-to-depth: same function, faster
@@ -118,6 +119,7 @@ def _positive(cfg, *names):
 def _validate(cfg: Config) -> None:
     _one_of("divergence", cfg.divergence, DIVERGENCES)
     _one_of("architecture", cfg.architecture, ARCHITECTURES)
+    _one_of("discriminator_architecture", cfg.discriminator_architecture, ("same",) + ARCHITECTURES)
     _one_of("potential_activation", cfg.potential_activation, ACTIVATIONS)
     _one_of("discriminator_activation", cfg.discriminator_activation, ACTIVATIONS)
     _one_of("reference", cfg.reference, REFERENCES)
@@ -148,8 +150,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data_shape must be positive sizes, got {cfg.data_shape}")
     if any(s < 1 for s in cfg.potential_hidden + cfg.discriminator_hidden + cfg.conv_channels):
         raise ConfigError("layer sizes must be >= 1")
-    if cfg.architecture == "conv" and len(cfg.data_shape) != 3:
-        raise ConfigError(f"architecture='conv' needs image data (H, W, C), got data_shape={cfg.data_shape}")
+    for name in ("architecture", "discriminator_architecture"):
+        if getattr(cfg, name) == "conv" and len(cfg.data_shape) != 3:
+            raise ConfigError(f"{name}='conv' needs image data (H, W, C), got data_shape={cfg.data_shape}")
 
 
 FIELD_TYPES: dict[str, str] = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -152,6 +152,8 @@ def make_potential(config: Config) -> Potential:
 
 def make_discriminator(config: Config) -> Discriminator:
     """The discriminator network described by `config`."""
-    conv = config.conv_channels if config.architecture == "conv" else ()
+    architecture = (config.architecture if config.discriminator_architecture == "same"
+                    else config.discriminator_architecture)
+    conv = config.conv_channels if architecture == "conv" else ()
     return Discriminator(config.discriminator_hidden, config.discriminator_activation, conv,
                          config.conv_kernel, config.conv_space_to_depth)
