@@ -67,3 +67,11 @@ def test_random_assignments_round_trip_or_fail_in_one_line(key, value):
     # accepted: the JSON form (what a checkpoint stores) restores the same config
     assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert key in FIELD_TYPES or key == "case"
+
+
+def test_assigning_architecture_alone_sets_both_networks():
+    mixed = override(BASE, {"architecture": "mlp", "discriminator_architecture": "conv"})
+    assert (mixed.architecture, mixed.discriminator_architecture) == ("mlp", "conv")
+    both = override(mixed, {"architecture": "mlp"})
+    assert both.discriminator_architecture == "same"
+    assert override(mixed, {"lam": "0.1"}).discriminator_architecture == "conv"

@@ -62,7 +62,8 @@ class Config:
     seed: int = 0
     # networks (DESIGN.md §6)
     architecture: str = "conv"  # of U, and of phi unless discriminator_architecture says otherwise
-    discriminator_architecture: str = "same"  # "same" as `architecture`, or "conv" / "mlp"
+    discriminator_architecture: str = "same"  # "same" as `architecture`, or "conv" / "mlp"; reset to "same"
+    # by `override` when only `architecture` is assigned (so `--set architecture=mlp` means MLPs for both)
     conv_channels: tuple[int, ...] = (8, 8)
     conv_kernel: int = 7
     conv_space_to_depth: bool = True  # first conv (≤ 3 input channels) via space-to-depth: same function, faster
@@ -204,9 +205,12 @@ def _coerce_int(v):
 def override(cfg: Config, assignments: Mapping[str, Any]) -> Config:
     """Return `cfg` with `key=value` assignments applied (strings are parsed to the field's type).
 
-    The key `case` is accepted as a shorthand for (use_w1, use_w2), see `with_case`.
+    The key `case` is accepted as a shorthand for (use_w1, use_w2), see `with_case`. Assigning
+    `architecture` alone sets both networks' type (discriminator_architecture becomes "same").
     """
     assignments = dict(assignments)
+    if "architecture" in assignments and "discriminator_architecture" not in assignments:
+        assignments["discriminator_architecture"] = "same"
     if "case" in assignments:
         cfg = with_case(cfg, str(assignments.pop("case")))
     unknown = sorted(set(assignments) - set(FIELD_TYPES))
