@@ -8,10 +8,11 @@ unrolled, the first conv layer by space-to-depth), timed in its variants: n_D cr
 passes. The baseline is what a direct port of the authors' loop does: separately jitted φ and U updates
 called from Python, each φ update re-integrating its own flow, with Flax's `nn.Conv` and `nn.max_pool`
 (`conv_space_to_depth=False`); it is timed also with the library's layers, which isolates the effect of the
-program structure. All use the same loss functions (`w12_jax.train.critic_loss`, `potential_loss`). Achieved FLOP/s come from XLA's cost analysis of the
-compiled step; the machine's peak is a large f32 matmul timed in the same run. With the `bench` extra
-(PyTorch CPU) the same iteration in PyTorch eager (`benchmarks.torch_step`) is timed too. Timings are not
-asserted; ratios are measured side by side in one run.
+program structure. All use the same loss functions (`w12_jax.train.critic_loss`, `potential_loss`).
+Achieved FLOP/s come from XLA's cost analysis of the compiled step; the machine's peak is a large f32
+matmul timed in the same run. With the `bench` extra (PyTorch CPU) the same iteration in PyTorch eager
+(`benchmarks.torch_step`) is timed too. Timings are not asserted; ratios are measured side by side in one
+run.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class ConvReluPool(nn.Module):
         w = self.param("kernel", nn.initializers.lecun_normal(),
                        (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
         w = w.astype(x.dtype)
-        if self.space_to_depth and x.shape[-1] <= 3 and self.kernel % 2 == 1 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+        _, h, wd, c = x.shape
+        if self.space_to_depth and c <= 3 and self.kernel % 2 == 1 and h % 2 == 0 and wd % 2 == 0:
             return conv_relu_pool_s2d(x, w)
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2), padding="SAME")

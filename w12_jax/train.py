@@ -111,7 +111,7 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     ∇phi(x_T), ∇phi(y): three more gradient passes) and the parameters come out the same.
     batched_critic_flow: integrate the n_D frozen-U flows as one flow of n_D·B particles (fills a GPU) or as
     n_D flows of B (25 % faster on XLA:CPU, whose caches favour the smaller batch); the same numbers either
-    way. None: batched unless the default backend is the CPU.
+    way. None: batched unless the devices (of `mesh`, else the default backend) are CPUs.
     """
     potential = make_potential(config)
     opt_u, opt_phi = make_optimizers(config)
@@ -131,7 +131,8 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     u_frozen = scalar_potential(potential, jax.lax.stop_gradient(state.potential_params))
     x0_c = shard(sample_reference(config, k_ref_critic, (B, n)), 0)
     if batched_critic_flow is None:
-        batched_critic_flow = jax.default_backend() != "cpu"
+        platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+        batched_critic_flow = platform != "cpu"
     if batched_critic_flow:
         xT_c = euler_flow(u_frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), T, K, lam).x_T
         xT_c = jnp.moveaxis(xT_c.reshape(x0_c.shape), 1, 0)
@@ -211,8 +212,6 @@ def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = No
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n_dev})")
     replicated, batch = NamedSharding(mesh, P()), data_sharding(mesh)
 
-    if batched_critic_flow is None:
-        batched_critic_flow = mesh.devices.flat[0].platform != "cpu"
     jitted = jax.jit(partial(outer_iteration, config, mesh=mesh, indicators=indicators,
                              batched_critic_flow=batched_critic_flow), in_shardings=(replicated, batch),
                      out_shardings=(replicated, replicated), donate_argnums=(0,) if donate else ())
