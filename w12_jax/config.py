@@ -12,6 +12,7 @@ The four cases of the paper are values of two switches, not code paths:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any, Mapping
 
@@ -101,7 +102,7 @@ class Config:
     def from_dict(cls, d: Mapping[str, Any]) -> "Config":
         unknown = sorted(set(d) - set(FIELD_TYPES))
         if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(FIELD_TYPES)}")
+            raise ConfigError(_unknown_key_message(unknown[0], tuple(FIELD_TYPES)))
         return cls(**{k: _coerce(k, v) for k, v in d.items()})
 
 
@@ -215,8 +216,17 @@ def override(cfg: Config, assignments: Mapping[str, Any]) -> Config:
         cfg = with_case(cfg, str(assignments.pop("case")))
     unknown = sorted(set(assignments) - set(FIELD_TYPES))
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: case, {', '.join(FIELD_TYPES)}")
+        raise ConfigError(_unknown_key_message(unknown[0], ("case", *FIELD_TYPES)))
     return dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in assignments.items()})
+
+
+def _unknown_key_message(key: str, valid: tuple[str, ...]) -> str:
+    """One line: the key (its repr cut to 40 characters), close matches if any, else every valid key."""
+    shown = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
+    close = difflib.get_close_matches(key, valid, n=3)
+    if close:
+        return f"unknown config key {shown}; did you mean {' or '.join(close)}?"
+    return f"unknown config key {shown}; valid keys: {', '.join(valid)}"
 
 
 def with_case(cfg: Config, case: str) -> Config:
