@@ -32,7 +32,8 @@ from w12_jax.config import Config
 from w12_jax.flow import euler_flow, scalar_potential
 from w12_jax.networks import make_potential
 from w12_jax.reference import sample_reference
-from w12_jax.train import critic_loss, init_train_state, make_optimizers, make_train_step, potential_loss
+from w12_jax.train import (critic_loss, ema_update, init_train_state, make_optimizers, make_train_step,
+                           potential_loss)
 
 
 def median_seconds(fn, repeats):
@@ -75,8 +76,9 @@ def make_baseline(config: Config):
         grads = jax.grad(lambda p: potential_loss(config, p, state.discriminator_params, x0)[0])(
             state.potential_params)
         updates, opt_state = opt_u.update(grads, state.potential_opt_state, state.potential_params)
-        return state.replace(potential_params=optax.apply_updates(state.potential_params, updates),
-                             potential_opt_state=opt_state, step=state.step + 1)
+        pu = optax.apply_updates(state.potential_params, updates)
+        return state.replace(potential_params=pu, potential_opt_state=opt_state, step=state.step + 1,
+                             potential_ema=ema_update(config.ema_decay, state.step, state.potential_ema, pu))
 
     def outer_iteration(state, data):
         keys = jax.random.split(jax.random.fold_in(state.key, state.step), config.n_critic + 1)

@@ -59,11 +59,11 @@ def main(argv=None):
         with Checkpointer(os.path.join(runs, case, "checkpoints"), read_only=True) as ckpt:
             state, config = ckpt.restore()
         ds = load_config_dataset(config)
-        x0, _ = generate(config, state.potential_params, args.n, num_steps=1)  # the same x0 for every solver
+        x0, _ = generate(config, state.potential_ema, args.n, num_steps=1)  # the same x0 for every solver
         potential = make_potential(config)
         samples = {}
         for label, kwargs in solvers(config.T):
-            res = sample(potential, state.potential_params, x0, T=config.T, lam=config.lam, **kwargs)
+            res = sample(potential, state.potential_ema, x0, T=config.T, lam=config.lam, **kwargs)
             samples[label] = (np.asarray(res.x_T), int(res.nfe))
         ref = samples["euler h=1/64"][0]
         for label, (x_T, nfe) in samples.items():

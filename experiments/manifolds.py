@@ -68,10 +68,10 @@ def main(argv=None):
                     rows.append([dataset, dim, case, "diverged"] + ["–"] * len(COLUMNS))
                     ax.set_title(f"{name}: diverged", fontsize=8)
                     continue
-                report = evaluate(cfg, state.potential_params, ds, num_samples=2000)
+                report = evaluate(cfg, state.potential_ema, ds, num_samples=2000)
                 reports[name] = {"status": status, **report}
                 rows.append([dataset, dim, case, f"{cfg.iterations} its"] + [report.get(c, "–") for c in COLUMNS])
-                _, res = generate(cfg, state.potential_params, 300, save_points=cfg.num_steps + 1)
+                _, res = generate(cfg, state.potential_ema, 300, save_points=cfg.num_steps + 1)
                 path = np.asarray(res.path)
                 ax.plot(path[:, :60, 0], path[:, :60, 1], lw=0.5, c="tab:blue", alpha=0.6)
                 ax.scatter(path[-1, :, 0], path[-1, :, 1], s=2, c="tab:red")

@@ -77,3 +77,24 @@ def test_terminal_residual_is_mean_gradient_distance():
     g1 = jnp.zeros((4, 2, 2))
     g2 = g1.at[:, 0, 0].set(jnp.array([3.0, 4.0, 0.0, 1.0]))
     assert float(terminal_residual(g1, g2)) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("width, confined", [(3, True), (8, False)])
+def test_mlp_potential_moves_particles_only_in_its_first_layer_span(width, confined):
+    # ∇x U = W1ᵀ(...) for U = MLP(W1 x + w_t t + b): with width < d the flow never leaves x0 + row space of W1
+    # (an MLP potential narrower than 784 cannot remove the reference noise of an MNIST image)
+    from w12_jax.flow import scalar_potential
+    from w12_jax.networks import Potential
+
+    d = 6
+    potential = Potential(hidden=(width, 16), activation="tanh")
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (32, d))
+    params = potential.init(jax.random.PRNGKey(1), x0, jnp.zeros((32,)))
+    displacement = np.asarray(euler_flow(scalar_potential(potential, params), x0, 1.0, 4, 0.5).x_T - x0)
+    sv = np.linalg.svd(displacement, compute_uv=False)
+    assert (sv[3] / sv[0] < 1e-5) if confined else (sv[-1] / sv[0] > 1e-2), sv  # rank 3, or all of R^6
+    if confined:
+        w_x = np.asarray(params["params"]["ScalarMLP_0"]["Dense_0"]["kernel"])[:d]  # (d, width); row d is t's
+        q, _ = np.linalg.qr(w_x)
+        off_span = displacement - displacement @ q @ q.T
+        assert np.linalg.norm(off_span) < 1e-5 * np.linalg.norm(displacement)

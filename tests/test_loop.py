@@ -112,6 +112,25 @@ def test_workdir_of_another_run_is_refused(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
+def test_unlogged_iterations_skip_only_the_indicators(tmp_path):
+    every = train_and_evaluate(TINY, str(tmp_path / "every"), progress=False)
+    lean = train_and_evaluate(dataclasses.replace(TINY, log_every=4), str(tmp_path / "lean"), progress=False)
+    ra, rb = {r["iteration"]: r for r in records(tmp_path / "every")}, records(tmp_path / "lean")
+    assert [r["iteration"] for r in rb] == [4, 6]  # every 4th and the last, each with every metric
+    for r in rb:
+        np.testing.assert_allclose([r[k] for k in METRICS], [ra[r["iteration"]][k] for k in METRICS], rtol=1e-4)
+    for x, y in zip(jax.tree_util.tree_leaves(every), jax.tree_util.tree_leaves(lean)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_cosine_run_cannot_resume_with_another_length(tmp_path):
+    cfg = dataclasses.replace(TINY, iterations=2, lr_schedule="cosine")
+    train_and_evaluate(cfg, str(tmp_path / "run"), progress=False)
+    with pytest.raises(ConfigError, match="lr_schedule='cosine' decays over iterations=2"):
+        train_and_evaluate(dataclasses.replace(cfg, iterations=4), str(tmp_path / "run"), resume=True,
+                           progress=False)
+
+
 def test_data_shape_mismatch_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"shape \(7,\) but data_shape=\(2,\)"):
         train_and_evaluate(dataclasses.replace(TINY, embed_dim=7), str(tmp_path / "run"), progress=False)

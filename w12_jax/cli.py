@@ -156,7 +156,7 @@ def cmd_sample(args) -> int:
     image = len(config.data_shape) == 3
     n = args.n or (64 if image else 1000)
     save_points = None if image else min(config.num_steps, 64) + 1
-    x0, res = generate(config, state.potential_params, n, seed=args.seed, solver=solver, dt=dt,
+    x0, res = generate(config, state.potential_ema, n, seed=args.seed, solver=solver, dt=dt,
                        num_steps=num_steps, save_points=save_points)
     nfe = int(res.nfe)
     out = args.out or os.path.join(args.workdir, "samples", f"{args.solver.lower()}_nfe{nfe}.npz")
@@ -193,7 +193,7 @@ def cmd_evaluate(args) -> int:
     if config.dataset in DIGIT_DATASETS and not classifier_cache_path().is_file():
         print(f"training the digit classifier once (cached in {classifier_cache_path()})", flush=True)
     report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case,
-              **evaluate(config, state.potential_params, ds, num_samples=args.n, seed=args.seed)}
+              **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed)}
     path = os.path.join(args.workdir, "evaluation.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

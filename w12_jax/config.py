@@ -20,6 +20,7 @@ DIVERGENCES = ("kl", "reverse_kl", "alpha", "w1")
 ARCHITECTURES = ("conv", "mlp")
 ACTIVATIONS = ("relu", "tanh", "softplus", "silu", "elu")
 REFERENCES = ("uniform", "gaussian")
+LR_SCHEDULES = ("constant", "cosine")
 MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 
@@ -59,6 +60,8 @@ class Config:
     lr_discriminator: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.9
+    lr_schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π s/S)), S = the run's updates of that network
+    ema_decay: float = 0.0  # d > 0: sample from an exponential moving average of U's parameters (0: off)
     iterations: int = 5000
     seed: int = 0
     # networks (DESIGN.md §6)
@@ -125,6 +128,7 @@ def _validate(cfg: Config) -> None:
     _one_of("potential_activation", cfg.potential_activation, ACTIVATIONS)
     _one_of("discriminator_activation", cfg.discriminator_activation, ACTIVATIONS)
     _one_of("reference", cfg.reference, REFERENCES)
+    _one_of("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
               "iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples",
               "conv_kernel", "reference_scale")
@@ -136,7 +140,7 @@ def _validate(cfg: Config) -> None:
     if round(k) > MAX_EULER_STEPS:
         raise ConfigError(f"T={cfg.T:g} and dt={cfg.dt:g} give T/dt={k:g} Euler steps, "
                           f"more than {MAX_EULER_STEPS}; raise dt or lower T")
-    for name in ("beta1", "beta2"):
+    for name in ("beta1", "beta2", "ema_decay"):
         v = getattr(cfg, name)
         if not 0 <= v < 1:
             raise ConfigError(f"{name} must be in [0, 1), got {v!r}")

@@ -1,6 +1,6 @@
 """Evaluation of a trained flow (DESIGN.md §9): sample quality, flow straightness, kinetic energy, NFE.
 
-    report = evaluate(config, state.potential_params, dataset)
+    report = evaluate(config, state.potential_ema, dataset)
 
 Samples are drawn with the training integrator (Euler, step config.dt) from a fixed x0, and the Euler path
 is kept for the flow diagnostics of `w12_jax.metrics`.

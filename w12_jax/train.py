@@ -38,16 +38,26 @@ class TrainState(flax.struct.PyTreeNode):
 
     step: jax.Array
     potential_params: Any
+    potential_ema: Any  # the parameters to sample with: `ema_update` of potential_params (= it when ema_decay=0)
     discriminator_params: Any
     potential_opt_state: Any
     discriminator_opt_state: Any
     key: jax.Array
 
 
+def learning_rate(config: Config, lr: float, updates: int) -> optax.ScalarOrSchedule:
+    """`lr` (lr_schedule="constant"), or lr·½(1 + cos(π s/updates)) at update s (lr_schedule="cosine")."""
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, updates)
+    return lr
+
+
 def make_optimizers(config: Config):
-    """Adam(beta1, beta2) for U and for phi (DESIGN.md §6)."""
-    return (optax.adam(config.lr_potential, b1=config.beta1, b2=config.beta2),
-            optax.adam(config.lr_discriminator, b1=config.beta1, b2=config.beta2))
+    """Adam(beta1, beta2) for U and for phi (DESIGN.md §6); phi takes n_critic updates per iteration."""
+    lr_u = learning_rate(config, config.lr_potential, config.iterations)
+    lr_phi = learning_rate(config, config.lr_discriminator, config.iterations * config.n_critic)
+    return (optax.adam(lr_u, b1=config.beta1, b2=config.beta2),
+            optax.adam(lr_phi, b1=config.beta1, b2=config.beta2))
 
 
 def init_train_state(config: Config, key: Optional[jax.Array] = None) -> TrainState:
@@ -59,9 +69,21 @@ def init_train_state(config: Config, key: Optional[jax.Array] = None) -> TrainSt
     pu = make_potential(config).init(ku, x, jnp.zeros((1,)))
     pphi = make_discriminator(config).init(kphi, x)
     opt_u, opt_phi = make_optimizers(config)
-    return TrainState(step=jnp.zeros((), jnp.int32), potential_params=pu, discriminator_params=pphi,
+    return TrainState(step=jnp.zeros((), jnp.int32), potential_params=pu, potential_ema=pu,
+                      discriminator_params=pphi,
                       potential_opt_state=opt_u.init(pu), discriminator_opt_state=opt_phi.init(pphi),
                       key=run_key)
+
+
+def ema_update(decay: float, step: jax.Array, ema, params):
+    """ema <- d·ema + (1 − d)·params with d = min(decay, (1 + step)/(10 + step)); params when decay = 0.
+
+    The warm-up (1 + s)/(10 + s) keeps the initial parameters from weighing on the average of a short run.
+    """
+    if decay == 0:
+        return params
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree_util.tree_map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), ema, params)
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -184,6 +206,7 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
             "grad_phi_data_max": jnp.max(grad_phi_data),
         })
     new_state = state.replace(step=state.step + 1, potential_params=pu, discriminator_params=pphi,
+                              potential_ema=ema_update(config.ema_decay, state.step, state.potential_ema, pu),
                               potential_opt_state=opt_u_state, discriminator_opt_state=opt_phi_state)
     return new_state, metrics
 
