@@ -39,7 +39,7 @@ MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50
 MAIN = dataclasses.replace(MNIST, architecture="mlp", discriminator_architecture="conv",
                            potential_hidden=(256, 256, 256), discriminator_hidden=(256, 256, 256),
                            batch_size=100, n_critic=5, lr_potential=2e-3, lr_discriminator=2e-3, gp_weight=5.0,
-                           ema_decay=0.995, iterations=1400, checkpoint_every=350, sample_every=350)
+                           iterations=1400, checkpoint_every=350, sample_every=350)
 MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, MLP potential + the paper's conv discriminator, 1400 iterations "
                     "(~13 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
