@@ -36,9 +36,9 @@ MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50
 # and 1000 iterations of it gave worse digits (Fréchet distance 199) than this pair. Larger learning rates
 # and a stronger penalty (gp_weight 5: |∇phi| stays ≈ L = 1; gp_weight 1 collapsed modes) were the best of
 # the measured settings. The critic's gradient-penalty updates dominate the step: n_D = 2 instead of the
-# paper's 5 runs an outer iteration in ~0.17 s instead of ~0.52 s, and 2400 such iterations gave more varied
-# digits (class entropy 1.74 vs 1.49) and a lower Fréchet distance (169 vs 194) than 1400 iterations at
-# n_D = 5, in ~60 % of the time. A cosine lr decay, an EMA of U, a full-rank first layer (1024), a
+# paper's 5 runs an outer iteration in 0.17-0.24 s instead of 0.52 s, and 2400 such iterations gave more
+# varied digits (class entropy 1.73 vs 1.49) and a lower Fréchet distance (169 vs 194) than 1400 iterations at
+# n_D = 5, in ~80 % of the time. A cosine lr decay, an EMA of U, a full-rank first layer (1024), a
 # per-pixel quadratic term in U, lower learning rates and the W1 divergence were worse (README).
 # The first layer (256 < 784) confines the flow to a 256-dim subspace: the reference noise off it stays.
 MAIN = dataclasses.replace(MNIST, architecture="mlp", discriminator_architecture="conv",
@@ -46,7 +46,7 @@ MAIN = dataclasses.replace(MNIST, architecture="mlp", discriminator_architecture
                            batch_size=100, n_critic=2, lr_potential=2e-3, lr_discriminator=2e-3, gp_weight=5.0,
                            iterations=2400, checkpoint_every=600, sample_every=600)
 MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, MLP potential + the paper's conv discriminator, n_D = 2, "
-                    "2400 iterations (~8 CPU minutes)")
+                    "2400 iterations (~10 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
 
 
