@@ -210,6 +210,7 @@ def test_class_entropy_closed_forms():
     assert M.class_entropy(np.arange(1000) % 10) == pytest.approx(np.log(10), rel=1e-12)
     assert M.class_entropy(np.full(50, 3)) == 0.0
     assert M.class_entropy(np.array([0, 0, 1, 1])) == pytest.approx(np.log(2), rel=1e-12)
+    np.testing.assert_array_equal(M.class_fractions(np.array([0, 0, 1, 9])), [0.5, 0.25] + [0.0] * 7 + [0.25])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,8 +276,12 @@ def test_classifier_cache_path_resolution(monkeypatch, tmp_path):
 def test_image_quality_on_real_digits_single_digit_and_training_copies(classifier, mnist):
     params, acc = classifier["params"], classifier["accuracy"]
     real = M.image_quality(mnist.heldout, params, acc, mnist.train, mnist.train)
-    assert set(real) == {"frechet_distance", "class_entropy", "confidence", "nearest_train_distance", "classifier_accuracy"}
+    assert set(real) == {"frechet_distance", "class_entropy", "class_fractions", "confidence",
+                         "nearest_train_distance", "classifier_accuracy"}
     assert real["class_entropy"] > 2.2
+    p = np.asarray(real["class_fractions"])
+    assert p.shape == (10,) and abs(p.sum() - 1.0) < 1e-5 and p.min() > 0.05  # mnist5k is balanced
+    assert real["class_entropy"] == pytest.approx(-np.sum(p * np.log(p)), abs=1e-5)
     assert real["confidence"] > 0.9
     assert real["nearest_train_distance"] > 1.0
     assert real["classifier_accuracy"] == acc
@@ -288,6 +293,7 @@ def test_image_quality_on_real_digits_single_digit_and_training_copies(classifie
     copies = np.repeat(mnist.heldout[:1], 200, axis=0)
     single = M.image_quality(copies, params, acc, mnist.train, mnist.train)
     assert single["class_entropy"] < 0.1
+    assert max(single["class_fractions"]) > 0.98
     assert single["frechet_distance"] > real["frechet_distance"]
 
     memorised = M.image_quality(mnist.train[:300], params, acc, mnist.train, mnist.train)

@@ -199,6 +199,8 @@ def cmd_evaluate(args) -> int:
         json.dump(report, f, indent=1)
         f.write("\n")
     for k, v in report.items():
+        if isinstance(v, list):
+            v = " ".join(f"{x:.3f}" for x in v)
         print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
     print(f"wrote {path}")
     return 0

@@ -595,15 +595,20 @@ def _nearest_mean(s: Array, t: Array, chunk: int) -> Array:
     return jnp.sum(jax.lax.map(body, (chunks, mask))) / s.shape[0]
 
 
+def class_fractions(predicted_classes) -> np.ndarray:
+    """(NUM_CLASSES,) predicted-class histogram  p_c = #{i: ŷ_i = c}/n."""
+    c = np.asarray(predicted_classes)
+    if c.ndim != 1 or c.shape[0] < 1:
+        raise ValueError(f"predicted_classes must have shape (n,), got {c.shape}")
+    return np.bincount(c.astype(np.int64), minlength=NUM_CLASSES) / c.shape[0]
+
+
 def class_entropy(predicted_classes) -> float:
     """Entropy (nats) of the predicted-class histogram:  −Σ_c p_c log p_c,  p_c = #{i: ŷ_i = c}/n.
 
     log 10 ≈ 2.303 when all ten classes are equally frequent, 0 when one class takes all.
     """
-    c = np.asarray(predicted_classes)
-    if c.ndim != 1 or c.shape[0] < 1:
-        raise ValueError(f"predicted_classes must have shape (n,), got {c.shape}")
-    p = np.bincount(c.astype(np.int64), minlength=NUM_CLASSES) / c.shape[0]
+    p = class_fractions(predicted_classes)
     p = p[p > 0]
     return float(np.sum(p * np.log(1.0 / p)))
 
@@ -614,6 +619,7 @@ def image_quality(samples, classifier_params, classifier_accuracy, reference_ima
     Returns a dict of floats:
       frechet_distance        Fréchet distance of classifier features, samples vs reference_images
       class_entropy           entropy (nats) of the predicted-class histogram (log 10 = full coverage)
+      class_fractions         the predicted-class histogram p_0 … p_9, as a list (sums to 1)
       confidence              mean_i max_c softmax(logits_i)_c
       nearest_train_distance  mean_i min_j |s_i − train_j| (memorisation)
       classifier_accuracy     held-out accuracy of the classifier used, passed through
@@ -631,6 +637,7 @@ def image_quality(samples, classifier_params, classifier_accuracy, reference_ima
             classifier_apply(classifier_params, ref, features=True),
         ),
         "class_entropy": class_entropy(np.argmax(logits, axis=1)),
+        "class_fractions": [round(float(p), 6) for p in class_fractions(np.argmax(logits, axis=1))],
         "confidence": float(np.mean(np.max(probs, axis=1))),
         "nearest_train_distance": nearest_train_distance(s, tr),
         "classifier_accuracy": float(classifier_accuracy),
