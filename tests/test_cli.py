@@ -86,6 +86,15 @@ def test_train_resume_sample_evaluate(trained, tmp_path):
     assert np.isfinite(report["energy_distance"]) and np.isfinite(report["sliced_w2"])
 
 
+def test_closed_stdout_ends_quietly(tmp_path):
+    """`w12 presets | head -1`: a reader that leaves early gets no error line and exit status 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "w12_jax", "presets"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # every write of the listing (> one 8 KiB buffer) now meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
+
+
 BAD = [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--set", "foo=1"], "unknown config key 'foo'"),

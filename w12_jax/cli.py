@@ -240,6 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `w12 presets | head`: the reader left; say nothing more on the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TrainingInterrupted as e:
         print(f"w12: {_one_line(e)}", file=sys.stderr)
         return 130
