@@ -631,13 +631,14 @@ def image_quality(samples, classifier_params, classifier_accuracy, reference_ima
         raise ValueError(f"need at least 2 samples and 2 reference images, got {s.shape[0]} and {ref.shape[0]}")
     logits = classifier_apply(classifier_params, s)
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=1))
+    predicted = np.argmax(logits, axis=1)
     return {
         "frechet_distance": frechet_distance(
             classifier_apply(classifier_params, s, features=True),
             classifier_apply(classifier_params, ref, features=True),
         ),
-        "class_entropy": class_entropy(np.argmax(logits, axis=1)),
-        "class_fractions": [round(float(p), 6) for p in class_fractions(np.argmax(logits, axis=1))],
+        "class_entropy": class_entropy(predicted),
+        "class_fractions": [round(float(p), 6) for p in class_fractions(predicted)],
         "confidence": float(np.mean(np.max(probs, axis=1))),
         "nearest_train_distance": nearest_train_distance(s, tr),
         "classifier_accuracy": float(classifier_accuracy),
