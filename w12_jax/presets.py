@@ -33,7 +33,7 @@ MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50
 # THE MAIN JOB (`w12 train` with no preset): W1⊕W2 on mnist5k with the paper's networks (conv 8ch 7×7 ×2 +
 # MLP 512³ for U, 256³ for phi), T, h, lam, L, KL divergence and Adam betas, resized for ~10 minutes on a
 # 2-core CPU: B = 100, n_D = 2 critic updates per outer iteration (the critic's gradient-penalty updates are
-# most of the step's cost), 2400 iterations at 0.23 s each. Learning rates 1e-3 for both networks and
+# most of the step's cost), 2400 iterations at 0.22 s each. Learning rates 1e-3 for both networks and
 # gp_weight 5 (|∇phi| stays ≈ L = 1; the paper's 0.1 does not hold it, DESIGN.md §8): with 2e-3 the
 # conv potential hopped between modes (Fréchet distance 137, 362, 165 at iterations 1200, 1800, 2400), with
 # lr_potential 5e-4 too (186, 130, 184); with 1e-3 it stayed at 120, 122, 119 (seed 0). The MLP potential
