@@ -31,6 +31,33 @@ def machine() -> str:
             f"{jax.default_backend()} ({dev.device_kind}, {jax.device_count()} device(s))")
 
 
+def digit_rows_figure(grids: dict, row_labels: Sequence[str], path: str) -> str:
+    """One panel per key of `grids` (its title), one row of digits per entry of its list (labelled by
+    row_labels); grids[name][i]: images (n, 28, 28, 1) shown in [0, 1]. Writes `path` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(grids)
+    fig, axes = plt.subplots(len(row_labels), len(names), figsize=(5 * len(names), 0.75 * len(row_labels) + 0.5),
+                             squeeze=False)
+    for j, name in enumerate(names):
+        for i, label in enumerate(row_labels):
+            strip = np.concatenate(list(np.clip(np.asarray(grids[name][i])[..., 0], 0, 1)), axis=1)
+            axes[i, j].imshow(strip, cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if j == 0:
+                axes[i, j].set_ylabel(label, rotation=0, ha="right", fontsize=8)
+        axes[0, j].set_title(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -16,19 +16,15 @@ import json
 import os
 import sys
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.common import RESULTS, RUNS, command_line, machine, markdown_table  # noqa: E402
-from w12_jax import metrics  # noqa: E402
-from w12_jax.checkpoint import Checkpointer  # noqa: E402
-from w12_jax.loop import generate, load_config_dataset  # noqa: E402
-from w12_jax.networks import make_potential  # noqa: E402
-from w12_jax.presets import CASE_NAMES  # noqa: E402
-from w12_jax.sample import sample  # noqa: E402
+from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table
+from w12_jax import metrics
+from w12_jax.checkpoint import Checkpointer
+from w12_jax.loop import generate, load_config_dataset
+from w12_jax.networks import make_potential
+from w12_jax.presets import CASE_NAMES
+from w12_jax.sample import sample
 
 CASES = ("w1w2", "w1")
 
@@ -75,18 +71,8 @@ def main(argv=None):
         grids[case] = {label: samples[label][0][:8] for label, _ in solvers(config.T)}
 
     labels = [label for label, _ in solvers(5.0)]
-    fig, axes = plt.subplots(len(labels), len(CASES), figsize=(5 * len(CASES), 0.75 * len(labels) + 0.5))
-    for j, case in enumerate(CASES):
-        for i, label in enumerate(labels):
-            strip = np.concatenate(list(np.clip(grids[case][label][..., 0], 0, 1)), axis=1)
-            axes[i, j].imshow(strip, cmap="gray", vmin=0, vmax=1)
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-            if j == 0:
-                axes[i, j].set_ylabel(label, rotation=0, ha="right", fontsize=8)
-        axes[0, j].set_title(CASE_NAMES[case])
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "figure3.png"), dpi=90)
+    digit_rows_figure({CASE_NAMES[c]: [grids[c][label] for label in labels] for c in CASES}, labels,
+                      os.path.join(args.out, "figure3.png"))
     dev_h1 = {c: results[c]["euler h=1"]["deviation"] for c in CASES}
     check = dev_h1["w1w2"] < dev_h1["w1"]
     header = ["case", "solver", "NFE", "deviation vs Euler 1/64", "Fréchet", "class entropy", "confidence",

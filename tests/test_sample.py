@@ -83,3 +83,22 @@ def test_bad_sampling_arguments_raise():
         sample(potential, params, x0, T=1.0, lam=0.5, dt=0.3)
     with pytest.raises(ValueError, match="exactly one"):
         sample(potential, params, x0, T=1.0, lam=0.5)
+
+
+@pytest.mark.parametrize("dt", [1.0, 0.25])
+def test_evaluate_one_step_columns_are_one_euler_step_from_the_same_x0(dt):
+    """evaluate's one_step_* columns: with a one-step training grid (dt = T) they equal the main columns
+    exactly; with four steps they are the quality of another sample set (deviation > 0)."""
+    from w12_jax.data import load_dataset
+    from w12_jax.evaluation import evaluate
+
+    cfg = dataclasses.replace(CFG, dt=dt, num_samples=400)
+    _, params = random_potential(cfg)
+    ds = load_dataset("moons", seed=0, num_samples=400)
+    report = evaluate(cfg, params, ds, num_samples=100)
+    if dt == cfg.T:
+        assert report["one_step_deviation"] == 0.0
+        assert report["one_step_energy_distance"] == report["energy_distance"]
+    else:
+        assert report["one_step_deviation"] > 0.01
+        assert report["one_step_energy_distance"] != report["energy_distance"]

@@ -22,6 +22,7 @@ ACTIVATIONS = ("relu", "tanh", "softplus", "silu", "elu")
 REFERENCES = ("uniform", "gaussian")
 LR_SCHEDULES = ("constant", "cosine")
 MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
+PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # DESIGN.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 
 
@@ -53,6 +54,11 @@ class Config:
     alpha: float = 2.0  # for divergence='alpha' (alpha > 1)
     use_w1: bool = True  # Lipschitz gradient penalty on phi
     use_w2: bool = True  # kinetic-energy term in the potential loss
+    # straightness penalties on the potential loss (DESIGN.md §11; 0 = off, the paper's objective)
+    hj_weight: float = 0.0  # w_HJ · R_HJ, the HJ residual on the flowed particles
+    terminal_weight: float = 0.0  # w_T · mean |∇U(x_K, T) − ∇phi(x_K)|, phi frozen
+    velocity_weight: float = 0.0  # w_V · Σ_k h mean |∇U(x_{k+1}, t_{k+1}) − ∇U(x_k, t_k)|² / h²
+    chord_weight: float = 0.0  # w_C · lam T mean ½|v(z, t) − (x_K − x0)/T|², z on the chord at t ~ U[0, T]
     # optimisation
     n_critic: int = 5  # n_D
     batch_size: int = 200
@@ -132,8 +138,10 @@ def _validate(cfg: Config) -> None:
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
               "iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples",
               "conv_kernel", "reference_scale")
-    if cfg.gp_weight < 0 or not math.isfinite(cfg.gp_weight):
-        raise ConfigError(f"gp_weight must be a finite number >= 0, got {cfg.gp_weight!r}")
+    for name in ("gp_weight",) + PENALTY_WEIGHTS:
+        v = getattr(cfg, name)
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
     k = cfg.T / cfg.dt
     if abs(k - round(k)) > 1e-6 * max(1.0, k) or round(k) < 1:
         raise ConfigError(f"dt={cfg.dt} must divide T={cfg.T} into a whole number of steps (got T/dt={k:g})")

@@ -18,6 +18,8 @@ from w12_jax.config import Config
 from w12_jax.data import Dataset
 
 DIGIT_DATASETS = ("mnist5k", "mnist")  # data the cached digit classifier was trained for
+ONE_STEP_KEYS = ("energy_distance", "off_manifold_mass", "frechet_distance", "class_entropy", "confidence",
+                 "nearest_train_distance")  # reported again, prefixed one_step_, for one Euler step from x0
 
 
 def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[int] = None, seed: int = 0,
@@ -30,6 +32,8 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     for x0 itself, for scale); off_manifold_mass when the data are embedded (embed_dim > 2).
     Digits (mnist5k, mnist): frechet_distance, class_entropy, confidence, nearest_train_distance and
     classifier_accuracy through the cached digit classifier (trained on first use).
+    One step: one_step_deviation (mean|x_1 − x_T| over the mean distance between independent samples, x_1
+    = one Euler step of h = T from the same x0) and one_step_<key> for the keys of ONE_STEP_KEYS present.
     """
     from w12_jax.loop import generate  # the loop owns the sampling defaults
 
@@ -48,6 +52,18 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
         "nonfinite_samples": int(np.sum(~np.all(np.isfinite(x_T.reshape(n, -1)), axis=1))),
     }
     held = dataset.heldout[:n]
+    out.update(_quality(config, x0, x_T, dataset, held, seed, classifier_cache))
+    # one Euler step (h = T) from the same x0: what a straight flow samples in one evaluation of ∇U
+    x_1 = np.asarray(generate(config, params, n, seed=seed, num_steps=1)[1].x_T)
+    out["one_step_deviation"] = float(metrics.discretization_deviation(x_1.reshape(n, -1), x_T.reshape(n, -1)))
+    one_step = _quality(config, x0, x_1, dataset, held, seed, classifier_cache)
+    out.update({f"one_step_{k}": one_step[k] for k in ONE_STEP_KEYS if k in one_step})
+    return out
+
+
+def _quality(config: Config, x0, x_T, dataset: Dataset, held, seed: int, classifier_cache) -> dict:
+    """The sample-quality part of `evaluate` for samples x_T (n, *shape) drawn from x0."""
+    out = {}
     if x_T.ndim == 2:
         key = jax.random.PRNGKey(seed)
         out["energy_distance"] = float(metrics.energy_distance(x_T, held))

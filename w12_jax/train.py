@@ -26,9 +26,9 @@ from w12_jax.flow import euler_flow, kinetic_energy, potential_derivatives, scal
 from w12_jax.networks import make_discriminator, make_potential
 from w12_jax.reference import sample_reference
 
-INDICATOR_METRICS = ("terminal_residual", "grad_phi_gen_mean", "grad_phi_gen_max", "grad_phi_data_mean",
+INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mean", "grad_phi_gen_max", "grad_phi_data_mean",
                      "grad_phi_data_max")  # each costs extra gradient passes; see `outer_iteration(indicators=)`
-METRICS = ("divergence", "kinetic_energy", "hj_residual", "terminal_residual", "gradient_penalty",
+METRICS = ("divergence", "kinetic_energy", "hj_residual", "terminal_residual", "velocity_residual", "gradient_penalty",
            "potential_loss", "critic_loss", "straight_line_bound", "grad_phi_gen_mean", "grad_phi_gen_max",
            "grad_phi_data_mean", "grad_phi_data_max")
 
@@ -115,13 +115,50 @@ def critic_loss(config: Config, params, x_T, y, key):
     return mfg.critic_objective(dual, gp, config.gp_weight * float(config.use_w1)), (dual, gp)
 
 
-def potential_loss(config: Config, potential_params, critic_params, x0):
-    """G = mean phi(x_K) + use_w2·lam·KE through the unrolled Euler flow; returns (G, (flow, KE, phi(x_K)))."""
-    flow = euler_flow(scalar_potential(make_potential(config), potential_params), x0, config.T,
-                      config.num_steps, config.lam)
+def straightness_penalties(config: Config, u, critic_params, x0, flow, key) -> dict:
+    """The penalties of DESIGN.md §11 whose weight is > 0, unweighted, by config key (see `mfg`).
+
+    hj_weight: R_HJ on the flowed particles; terminal_weight: R_T with phi frozen; velocity_weight: R_V;
+    chord_weight: R_C at t_i ~ U[0, T] (from `key`) on the chords x0 → x_K, held fixed (stop_gradient) so
+    that it shapes U between the grid points without pulling the samples. Gradients reach U's parameters
+    directly and (except R_C) through the particles x_k.
+    """
+    T, lam = config.T, config.lam
+    out = {}
+    if config.hj_weight > 0:
+        out["hj_weight"] = mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, lam)
+    if config.terminal_weight > 0 or config.velocity_weight > 0:
+        grad_u_T, _ = potential_derivatives(u, flow.x_T, T)
+        if config.terminal_weight > 0:
+            grad_phi_T = jax.vmap(jax.grad(critic_scalar(config, critic_params)))(flow.x_T)
+            out["terminal_weight"] = mfg.terminal_residual(grad_u_T, grad_phi_T)
+        if config.velocity_weight > 0:
+            out["velocity_weight"] = mfg.velocity_consistency(flow.grad_u, grad_u_T, config.dt)
+    if config.chord_weight > 0:
+        x_T = jax.lax.stop_gradient(flow.x_T)
+        t = jax.random.uniform(key, (x0.shape[0],), x0.dtype, 0.0, T)
+        z = mfg.chord_points(x0, x_T, t, T)
+        grad_u_chord = jax.vmap(jax.grad(u))(z, t)
+        out["chord_weight"] = mfg.chord_consistency(grad_u_chord, x0, x_T, T, lam)
+    return out
+
+
+def potential_loss(config: Config, potential_params, critic_params, x0, key=None):
+    """G = mean phi(x_K) + use_w2·lam·KE + Σ_w w·penalty_w through the unrolled Euler flow.
+
+    Returns (G, (flow, KE, phi(x_K))); the penalties are those of `straightness_penalties` (key: the chord
+    times, needed only when chord_weight > 0).
+    """
+    u = scalar_potential(make_potential(config), potential_params)
+    flow = euler_flow(u, x0, config.T, config.num_steps, config.lam)
     ke = kinetic_energy(flow.grad_u, config.dt, config.lam)
     phi_T = critic_values(config, critic_params, flow.x_T)
-    return mfg.potential_objective(phi_T, ke, config.lam, float(config.use_w2)), (flow, ke, phi_T)
+    loss = mfg.potential_objective(phi_T, ke, config.lam, float(config.use_w2))
+    if config.chord_weight > 0 and key is None:
+        raise ValueError("chord_weight > 0 needs a PRNG key for the chord times")
+    for name, value in straightness_penalties(config, u, critic_params, x0, flow, key).items():
+        loss = loss + getattr(config, name) * value
+    return loss, (flow, ke, phi_T)
 
 
 def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None,
@@ -175,8 +212,9 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     # 2. potential phase: G = mean phi(x_K) + w2·lam·KE through the unrolled flow, phi frozen.
     x0 = shard(sample_reference(config, k_ref_u, (B,)), 0)
     pphi_frozen = jax.lax.stop_gradient(pphi)
+    k_chord = jax.random.fold_in(k_ref_u, 1)  # a new stream: the paper's runs draw the same numbers as before
     (g_loss, (flow, ke, phi_T)), grads_u = jax.value_and_grad(
-        partial(potential_loss, config), has_aux=True)(state.potential_params, pphi_frozen, x0)
+        partial(potential_loss, config), has_aux=True)(state.potential_params, pphi_frozen, x0, k_chord)
     updates, opt_u_state = opt_u.update(grads_u, state.potential_opt_state, state.potential_params)
     pu = optax.apply_updates(state.potential_params, updates)
 
@@ -200,6 +238,7 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
         grad_phi_data = gradient_norm(critic_scalar(config, pphi_frozen), y)
         metrics.update({
             "terminal_residual": mfg.terminal_residual(grad_u_T, grad_phi_T),
+            "velocity_residual": mfg.velocity_consistency(flow.grad_u, grad_u_T, config.dt),
             "grad_phi_gen_mean": jnp.mean(grad_phi_gen),
             "grad_phi_gen_max": jnp.max(grad_phi_gen),
             "grad_phi_data_mean": jnp.mean(grad_phi_data),

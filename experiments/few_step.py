@@ -1,0 +1,211 @@
+"""Few-step sampling (issue "Straight flows", DESIGN.md §5, §11): how well do 1, 2, 3 and 5 Euler steps, Heun
+at 2 and 4 NFE and adaptive Dopri5 sample a trained flow, against the fine solve (Euler h = T/320)?
+
+    python -m experiments.few_step                       # MNIST: main job, main job + STRAIGHT, W1-only
+    python -m experiments.few_step --lowdim              # + moons and pinwheel in 12-D (CPU schedule)
+    python -m experiments.few_step --variants main k1 --iterations 600   # a screening run
+
+Trains each variant (resuming finished or partial runs under runs/experiments/few_step/), samples the same x0
+with every sampler and reports, per sampler: NFE, Fréchet distance and class entropy (digits) or energy
+distance (vectors), and the deviation mean|x_T − x_T^fine| / mean distance between independent samples; per
+flow, on the fine path: kinetic energy over the straight-line bound ½E|x_T − x0|²/T, the straightness ratio
+|x_T − x0| / path length (1 iff straight) and the training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+
+from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table, \
+    train_or_diverge
+from w12_jax import metrics
+from w12_jax.config import Config, with_case
+from w12_jax.loop import generate, load_config_dataset
+from w12_jax.networks import make_potential
+from w12_jax.presets import get_preset
+from w12_jax.sample import sample
+
+FINE_STEPS = 320  # Euler h = T/320: h = 1/64 in the paper's MNIST units (T = 5)
+FINE_SAVE = 65  # points of the fine path kept for the kinetic energy and straightness
+
+
+def straight(cfg: Config) -> Config:
+    """The main job's straight-flow change: train on one Euler step (h = T), and hold the field to the chords
+    x0 → x_T at random times (chord_weight), so that every solver follows the one-step map."""
+    return dataclasses.replace(cfg, dt=cfg.T, chord_weight=10.0)
+
+
+# variant name -> (description, change of the base config); the base is the main job (MNIST) or the
+# W1⊕W2 low-dimensional preset on the manifolds experiment's CPU schedule
+VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
+    "main": ("main job (W1⊕W2)", lambda c: c),
+    "straight": ("main job + one-step training + chord penalty (STRAIGHT)", straight),
+    "w1": ("W1 only", lambda c: with_case(c, "w1")),
+    "k1": ("one Euler step in training (dt = T)", lambda c: dataclasses.replace(c, dt=c.T)),
+    "k2": ("two Euler steps in training (dt = T/2)", lambda c: dataclasses.replace(c, dt=c.T / 2)),
+    "hj": ("HJ penalty, hj_weight 1", lambda c: dataclasses.replace(c, hj_weight=1.0)),
+    "velocity": ("velocity-consistency penalty, velocity_weight 50",
+                 lambda c: dataclasses.replace(c, velocity_weight=50.0)),
+    "terminal": ("terminal penalty, terminal_weight 1", lambda c: dataclasses.replace(c, terminal_weight=1.0)),
+}
+DEFAULT_VARIANTS = ("main", "straight", "w1")
+
+
+def samplers(T: float) -> list[tuple[str, dict]]:
+    """(label, `sample` kwargs): Euler at 1, 2, 3, 5 steps, Heun at 2 and 4 NFE, Dopri5 rtol = atol = 1e-4."""
+    out = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 3, 5)]
+    out += [(f"heun {2 * k}", {"solver": "heun", "num_steps": k}) for k in (1, 2)]
+    out += [("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})]
+    return out
+
+
+def flow_report(config: Config, params, x0: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Kinetic energy, straight-line bound, their ratio and the straightness ratio on the fine Euler path;
+    returns (report, x_T of the fine solve)."""
+    res = sample(make_potential(config), params, x0, T=config.T, lam=config.lam, solver="euler",
+                 num_steps=FINE_STEPS, save_points=FINE_SAVE)
+    path = np.asarray(res.path)
+    ke = float(metrics.path_kinetic_energy(path, config.T))
+    bound = float(metrics.straight_line_bound(path[0], path[-1], config.T))
+    return {"kinetic_energy": ke, "straight_line_bound": bound, "ke_over_bound": ke / bound,
+            "straightness_ratio": float(metrics.straightness_ratio(path))}, path[-1]
+
+
+def sampler_reports(config: Config, params, x0: np.ndarray, fine: np.ndarray, quality: Callable) -> dict:
+    """{label: {nfe, deviation, **quality(x_T)}} for every sampler of `samplers`, and the fine solve."""
+    out = {}
+    flat_ref = fine.reshape(len(fine), -1)
+    for label, kwargs in samplers(config.T) + [(f"euler {FINE_STEPS} (fine)", None)]:
+        if kwargs is None:
+            x_T, nfe = fine, FINE_STEPS
+        else:
+            res = sample(make_potential(config), params, x0, T=config.T, lam=config.lam, **kwargs)
+            x_T, nfe = np.asarray(res.x_T), int(res.nfe)
+        dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), flat_ref))
+        out[label] = {"nfe": nfe, "deviation": dev, **quality(x_T)}
+    return out
+
+
+def train_variant(base: Config, variant: str, iterations: int | None, group: str):
+    """(config, state or None, status, training seconds) of `variant` of `base`, trained in its own workdir."""
+    cfg = VARIANTS[variant][1](base)
+    if iterations:
+        cfg = dataclasses.replace(cfg, iterations=iterations, checkpoint_every=min(cfg.checkpoint_every, iterations),
+                                  sample_every=min(cfg.sample_every, iterations))
+    workdir = os.path.join(RUNS, "few_step", group, variant + (f"-{iterations}" if iterations else ""))
+    state, status = train_or_diverge(cfg, workdir)
+    with open(os.path.join(workdir, "run_info.json")) as f:
+        seconds = sum(s.get("train_seconds", 0.0) for s in json.load(f).get("sessions", []))
+    return cfg, state, status, seconds
+
+
+def mnist(args) -> tuple[list, dict, dict]:
+    classifier, accuracy = metrics.load_or_train_classifier()
+    base = get_preset("mnist5k")
+    ds = load_config_dataset(base)
+    rows, results, grids = [], {}, {}
+    for variant in args.variants:
+        cfg, state, status, seconds = train_variant(base, variant, args.iterations, "mnist")
+        if state is None:
+            results[variant] = {"status": status}
+            rows.append([variant, "diverged"] + ["–"] * 8)
+            continue
+        params = state.potential_ema
+        x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
+        flow, fine = flow_report(cfg, params, x0)
+
+        def quality(x_T):
+            q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
+            return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
+
+        per_sampler = sampler_reports(cfg, params, x0, fine, quality)
+        results[variant] = {"description": VARIANTS[variant][0], "config": cfg.to_dict(), "status": status,
+                            "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
+        for label, r in per_sampler.items():
+            rows.append([variant, label, r["nfe"], r["frechet_distance"], r["class_entropy"], r["deviation"],
+                         flow["ke_over_bound"], flow["straightness_ratio"], seconds])
+        grids[variant] = {label: sample(make_potential(cfg), params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T
+                          for label, kw in samplers(cfg.T)}
+    return rows, results, grids
+
+
+def lowdim(args) -> tuple[list, dict]:
+    from experiments.manifolds import config_for
+
+    rows, results = [], {}
+    schedule = argparse.Namespace(full=False, iterations=2000)
+    for dataset in ("moons", "pinwheel"):
+        base = config_for(dataset, 12, "w1w2", schedule)
+        ds = load_config_dataset(base)
+        held = ds.heldout[:2000]
+        for variant in args.variants:
+            cfg, state, status, seconds = train_variant(base, variant, None, f"{dataset}12d")
+            name = f"{dataset}12d-{variant}"
+            if state is None:
+                results[name] = {"status": status}
+                continue
+            x0, _ = generate(cfg, state.potential_ema, 2000, num_steps=1)
+            flow, fine = flow_report(cfg, state.potential_ema, x0)
+
+            def quality(x_T):
+                return {"energy_distance": float(metrics.energy_distance(x_T, held)),
+                        "off_manifold_mass": float(metrics.off_manifold_mass(x_T, 2))}
+
+            per_sampler = sampler_reports(cfg, state.potential_ema, x0, fine, quality)
+            results[name] = {"config": cfg.to_dict(), "status": status, "training_seconds": seconds,
+                             "flow": flow, "samplers": per_sampler}
+            for label, r in per_sampler.items():
+                rows.append([dataset, variant, label, r["nfe"], r["energy_distance"], r["off_manifold_mass"],
+                             r["deviation"], flow["ke_over_bound"], flow["straightness_ratio"], seconds])
+    return rows, results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--iterations", type=int, default=None, help="MNIST: override the iterations (screening)")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--lowdim", action="store_true", help="also moons and pinwheel in 12-D")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "few_step"))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    rows, results, grids = mnist(args)
+    stem = "" if args.iterations is None else f"-{args.iterations}"
+    labels = [label for label, _ in samplers(5.0)]
+    digit_rows_figure({v: [np.asarray(grids[v][label]) for label in labels] for v in grids}, labels,
+                      os.path.join(args.out, f"digits{stem}.png"))
+    header = ["variant", "sampler", "NFE", "Fréchet", "class entropy", "deviation vs fine", "KE / bound",
+              "straightness", "training s"]
+    variants = "\n".join(f"- `{v}`: {VARIANTS[v][0]}" for v in args.variants)
+    text = (f"# Few-step sampling: MNIST{' (' + str(args.iterations) + ' iterations)' if args.iterations else ''}\n\n"
+            f"Command: `{command_line('experiments.few_step', argv)}`\n\nMachine: {machine()}\n\n{variants}\n\n"
+            f"{args.n} samples from the same x0 per sampler (PRNGKey(0), clipped to [0, 1] for the digit "
+            f"classifier). Deviation: mean|x_T − x_T^fine| over the mean distance between independent samples, "
+            f"against Euler with {FINE_STEPS} steps (h = 1/64 in the paper's units); KE / bound and "
+            f"straightness on that fine path.\n\n{markdown_table(header, rows)}\n\n"
+            f"![digits](digits{stem}.png)\n")
+    if args.lowdim:
+        low_rows, low_results = lowdim(args)
+        results["lowdim"] = low_results
+        header = ["data (12-D)", "variant", "sampler", "NFE", "energy distance", "off-manifold mass",
+                  "deviation vs fine", "KE / bound", "straightness", "training s"]
+        text += (f"\n## Moons and pinwheel in 12-D\n\nThe W1⊕W2 preset on the manifolds experiment's CPU "
+                 f"schedule (2000 iterations, 10x the paper's learning rates); 2000 samples, energy distance to "
+                 f"2000 held-out points.\n\n{markdown_table(header, low_rows)}\n")
+    with open(os.path.join(args.out, f"results{stem}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, f"README{stem}.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
