@@ -3,7 +3,8 @@ at 2 and 4 NFE and adaptive Dopri5 sample a trained flow, against the fine solve
 
     python -m experiments.few_step                       # MNIST: main job, main job + STRAIGHT, W1-only
     python -m experiments.few_step --lowdim              # + moons and pinwheel in 12-D (CPU schedule)
-    python -m experiments.few_step --variants main k1 --iterations 600   # a screening run
+    python -m experiments.few_step --iterations w1=600   # W1-only stopped at 600 iterations
+    python -m experiments.few_step --variants main chord k1-chord --iterations 600   # a screening run
 
 Trains each variant (resuming finished or partial runs under runs/experiments/few_step/), samples the same x0
 with every sampler and reports, per sampler: NFE, Fréchet distance and class entropy (digits) or energy
@@ -37,22 +38,23 @@ FINE_SAVE = 65  # points of the fine path kept for the kinetic energy and straig
 
 
 def straight(cfg: Config) -> Config:
-    """The main job's straight-flow change: train on one Euler step (h = T), and hold the field to the chords
-    x0 → x_T at random times (chord_weight), so that every solver follows the one-step map."""
-    return dataclasses.replace(cfg, dt=cfg.T, chord_weight=10.0)
+    """The straight-flow change measured at full length: the velocity-consistency penalty (DESIGN.md §11)
+    with weight 50 (10x the kinetic energy's excess over the straight-line bound in the main job's loss)."""
+    return dataclasses.replace(cfg, velocity_weight=50.0)
 
 
 # variant name -> (description, change of the base config); the base is the main job (MNIST) or the
 # W1⊕W2 low-dimensional preset on the manifolds experiment's CPU schedule
 VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
     "main": ("main job (W1⊕W2)", lambda c: c),
-    "straight": ("main job + one-step training + chord penalty (STRAIGHT)", straight),
+    "straight": ("main job + velocity-consistency penalty, velocity_weight 50", straight),
     "w1": ("W1 only", lambda c: with_case(c, "w1")),
     "k1": ("one Euler step in training (dt = T)", lambda c: dataclasses.replace(c, dt=c.T)),
     "k2": ("two Euler steps in training (dt = T/2)", lambda c: dataclasses.replace(c, dt=c.T / 2)),
     "hj": ("HJ penalty, hj_weight 1", lambda c: dataclasses.replace(c, hj_weight=1.0)),
-    "velocity": ("velocity-consistency penalty, velocity_weight 50",
-                 lambda c: dataclasses.replace(c, velocity_weight=50.0)),
+    "k1-chord": ("one Euler step in training (dt = T) + chord penalty, chord_weight 10",
+                 lambda c: dataclasses.replace(c, dt=c.T, chord_weight=10.0)),
+    "chord": ("chord penalty, chord_weight 10", lambda c: dataclasses.replace(c, chord_weight=10.0)),
     "terminal": ("terminal penalty, terminal_weight 1", lambda c: dataclasses.replace(c, terminal_weight=1.0)),
 }
 DEFAULT_VARIANTS = ("main", "straight", "w1")
@@ -93,8 +95,23 @@ def sampler_reports(config: Config, params, x0: np.ndarray, fine: np.ndarray, qu
     return out
 
 
+def cached(workdir: str, key: dict, compute: Callable[[], dict]) -> dict:
+    """compute(), stored in workdir/few_step.json and reused while `key` (checkpoint step, n, ...) is the same."""
+    path = os.path.join(workdir, "few_step.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("key") == key:
+            return stored["value"]
+    value = compute()
+    with open(path, "w") as f:
+        json.dump({"key": key, "value": value}, f)
+    return value
+
+
 def train_variant(base: Config, variant: str, iterations: int | None, group: str):
-    """(config, state or None, status, training seconds) of `variant` of `base`, trained in its own workdir."""
+    """(config, state or None, status, training seconds, workdir) of `variant` of `base`, trained in its own
+    workdir."""
     cfg = VARIANTS[variant][1](base)
     if iterations:
         cfg = dataclasses.replace(cfg, iterations=iterations, checkpoint_every=min(cfg.checkpoint_every, iterations),
@@ -103,7 +120,19 @@ def train_variant(base: Config, variant: str, iterations: int | None, group: str
     state, status = train_or_diverge(cfg, workdir)
     with open(os.path.join(workdir, "run_info.json")) as f:
         seconds = sum(s.get("train_seconds", 0.0) for s in json.load(f).get("sessions", []))
-    return cfg, state, status, seconds
+    return cfg, state, status, seconds, workdir
+
+
+def parse_iterations(items: list[str]) -> dict:
+    """['600'] -> {None: 600} (every variant); ['w1=600'] -> {'w1': 600}."""
+    out = {}
+    for item in items:
+        name, _, n = item.rpartition("=")
+        if (name and name not in VARIANTS) or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--iterations: expected N or VARIANT=N with a variant of {', '.join(VARIANTS)}, "
+                             f"got {item!r}")
+        out[name or None] = int(n)
+    return out
 
 
 def mnist(args) -> tuple[list, dict, dict]:
@@ -112,24 +141,30 @@ def mnist(args) -> tuple[list, dict, dict]:
     ds = load_config_dataset(base)
     rows, results, grids = [], {}, {}
     for variant in args.variants:
-        cfg, state, status, seconds = train_variant(base, variant, args.iterations, "mnist")
+        iterations = args.iterations.get(variant, args.iterations.get(None))
+        cfg, state, status, seconds, workdir = train_variant(base, variant, iterations, "mnist")
         if state is None:
             results[variant] = {"status": status}
             rows.append([variant, "diverged"] + ["–"] * 8)
             continue
         params = state.potential_ema
         x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
-        flow, fine = flow_report(cfg, params, x0)
 
         def quality(x_T):
             q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
             return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
 
-        per_sampler = sampler_reports(cfg, params, x0, fine, quality)
-        results[variant] = {"description": VARIANTS[variant][0], "config": cfg.to_dict(), "status": status,
+        def measure(cfg=cfg, params=params, x0=x0, quality=quality):
+            flow, fine = flow_report(cfg, params, x0)
+            return {"flow": flow, "samplers": sampler_reports(cfg, params, x0, fine, quality)}
+
+        report = cached(workdir, {"step": int(state.step), "n": args.n, "fine_steps": FINE_STEPS}, measure)
+        flow, per_sampler = report["flow"], report["samplers"]
+        results[variant] = {"description": VARIANTS[variant][0], "iterations": cfg.iterations,
+                            "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
-            rows.append([variant, label, r["nfe"], r["frechet_distance"], r["class_entropy"], r["deviation"],
+            rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], r["frechet_distance"], r["class_entropy"], r["deviation"],
                          flow["ke_over_bound"], flow["straightness_ratio"], seconds])
         grids[variant] = {label: sample(make_potential(cfg), params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T
                           for label, kw in samplers(cfg.T)}
@@ -146,19 +181,23 @@ def lowdim(args) -> tuple[list, dict]:
         ds = load_config_dataset(base)
         held = ds.heldout[:2000]
         for variant in args.variants:
-            cfg, state, status, seconds = train_variant(base, variant, None, f"{dataset}12d")
+            cfg, state, status, seconds, workdir = train_variant(base, variant, None, f"{dataset}12d")
             name = f"{dataset}12d-{variant}"
             if state is None:
                 results[name] = {"status": status}
                 continue
             x0, _ = generate(cfg, state.potential_ema, 2000, num_steps=1)
-            flow, fine = flow_report(cfg, state.potential_ema, x0)
 
             def quality(x_T):
                 return {"energy_distance": float(metrics.energy_distance(x_T, held)),
                         "off_manifold_mass": float(metrics.off_manifold_mass(x_T, 2))}
 
-            per_sampler = sampler_reports(cfg, state.potential_ema, x0, fine, quality)
+            def measure(cfg=cfg, params=state.potential_ema, x0=x0, quality=quality):
+                flow, fine = flow_report(cfg, params, x0)
+                return {"flow": flow, "samplers": sampler_reports(cfg, params, x0, fine, quality)}
+
+            report = cached(workdir, {"step": int(state.step), "n": 2000, "fine_steps": FINE_STEPS}, measure)
+            flow, per_sampler = report["flow"], report["samplers"]
             results[name] = {"config": cfg.to_dict(), "status": status, "training_seconds": seconds,
                              "flow": flow, "samplers": per_sampler}
             for label, r in per_sampler.items():
@@ -170,22 +209,24 @@ def lowdim(args) -> tuple[list, dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--iterations", type=int, default=None, help="MNIST: override the iterations (screening)")
+    parser.add_argument("--iterations", nargs="+", default=[], metavar="[VARIANT=]N",
+                        help="MNIST: train N iterations instead of the main job's, for every variant or for one")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--lowdim", action="store_true", help="also moons and pinwheel in 12-D")
     parser.add_argument("--out", default=os.path.join(RESULTS, "few_step"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.iterations = parse_iterations(args.iterations)
     os.makedirs(args.out, exist_ok=True)
     rows, results, grids = mnist(args)
-    stem = "" if args.iterations is None else f"-{args.iterations}"
+    stem = "" if None not in args.iterations else f"-{args.iterations[None]}"
     labels = [label for label, _ in samplers(5.0)]
     digit_rows_figure({v: [np.asarray(grids[v][label]) for label in labels] for v in grids}, labels,
                       os.path.join(args.out, f"digits{stem}.png"))
     header = ["variant", "sampler", "NFE", "Fréchet", "class entropy", "deviation vs fine", "KE / bound",
               "straightness", "training s"]
     variants = "\n".join(f"- `{v}`: {VARIANTS[v][0]}" for v in args.variants)
-    text = (f"# Few-step sampling: MNIST{' (' + str(args.iterations) + ' iterations)' if args.iterations else ''}\n\n"
+    text = (f"# Few-step sampling: MNIST\n\n"
             f"Command: `{command_line('experiments.few_step', argv)}`\n\nMachine: {machine()}\n\n{variants}\n\n"
             f"{args.n} samples from the same x0 per sampler (PRNGKey(0), clipped to [0, 1] for the digit "
             f"classifier). Deviation: mean|x_T − x_T^fine| over the mean distance between independent samples, "
