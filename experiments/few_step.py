@@ -109,6 +109,16 @@ def cached(workdir: str, key: dict, compute: Callable[[], dict]) -> dict:
     return value
 
 
+def measured(workdir: str, cfg: Config, state, x0: np.ndarray, quality: Callable) -> tuple[dict, dict]:
+    """(flow_report, sampler_reports) of the trained `state` from x0, cached in workdir per checkpoint step."""
+    def measure():
+        flow, fine = flow_report(cfg, state.potential_ema, x0)
+        return {"flow": flow, "samplers": sampler_reports(cfg, state.potential_ema, x0, fine, quality)}
+
+    report = cached(workdir, {"step": int(state.step), "n": len(x0), "fine_steps": FINE_STEPS}, measure)
+    return report["flow"], report["samplers"]
+
+
 def train_variant(base: Config, variant: str, iterations: int | None, group: str):
     """(config, state or None, status, training seconds, workdir) of `variant` of `base`, trained in its own
     workdir."""
@@ -154,18 +164,14 @@ def mnist(args) -> tuple[list, dict, dict]:
             q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
             return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
 
-        def measure(cfg=cfg, params=params, x0=x0, quality=quality):
-            flow, fine = flow_report(cfg, params, x0)
-            return {"flow": flow, "samplers": sampler_reports(cfg, params, x0, fine, quality)}
-
-        report = cached(workdir, {"step": int(state.step), "n": args.n, "fine_steps": FINE_STEPS}, measure)
-        flow, per_sampler = report["flow"], report["samplers"]
+        flow, per_sampler = measured(workdir, cfg, state, x0, quality)
         results[variant] = {"description": VARIANTS[variant][0], "iterations": cfg.iterations,
                             "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
-            rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], r["frechet_distance"], r["class_entropy"], r["deviation"],
-                         flow["ke_over_bound"], flow["straightness_ratio"], seconds])
+            rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], r["frechet_distance"],
+                         r["class_entropy"], r["deviation"], flow["ke_over_bound"], flow["straightness_ratio"],
+                         seconds])
         grids[variant] = {label: sample(make_potential(cfg), params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T
                           for label, kw in samplers(cfg.T)}
     return rows, results, grids
@@ -192,12 +198,7 @@ def lowdim(args) -> tuple[list, dict]:
                 return {"energy_distance": float(metrics.energy_distance(x_T, held)),
                         "off_manifold_mass": float(metrics.off_manifold_mass(x_T, 2))}
 
-            def measure(cfg=cfg, params=state.potential_ema, x0=x0, quality=quality):
-                flow, fine = flow_report(cfg, params, x0)
-                return {"flow": flow, "samplers": sampler_reports(cfg, params, x0, fine, quality)}
-
-            report = cached(workdir, {"step": int(state.step), "n": 2000, "fine_steps": FINE_STEPS}, measure)
-            flow, per_sampler = report["flow"], report["samplers"]
+            flow, per_sampler = measured(workdir, cfg, state, x0, quality)
             results[name] = {"config": cfg.to_dict(), "status": status, "training_seconds": seconds,
                              "flow": flow, "samplers": per_sampler}
             for label, r in per_sampler.items():

@@ -53,7 +53,8 @@ def chord_points(x0, x_T, t, T: float):
 
 
 def chord_consistency(grad_u_chord, x0, x_T, T: float, lam: float):
-    """R_C = lam · T · mean_i ½ |v(z_i, t_i) − (x_T_i − x0_i)/T|², v = −∇U/lam, z_i = `chord_points`, t_i ~ U[0, T].
+    """R_C = lam · T · mean_i ½ |v(z_i, t_i) − (x_T_i − x0_i)/T|², v = −∇U/lam, z_i = `chord_points`,
+    t_i ~ U[0, T].
 
     A one-sample Monte-Carlo estimate of lam ∫_0^T E ½|v(z(t), t) − v̄|² dt, the kinetic energy (in the units
     of the W2 term) of the gap between the field and the chord's constant velocity v̄ = (x_T − x0)/T: zero

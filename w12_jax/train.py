@@ -26,11 +26,11 @@ from w12_jax.flow import euler_flow, kinetic_energy, potential_derivatives, scal
 from w12_jax.networks import make_discriminator, make_potential
 from w12_jax.reference import sample_reference
 
-INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mean", "grad_phi_gen_max", "grad_phi_data_mean",
-                     "grad_phi_data_max")  # each costs extra gradient passes; see `outer_iteration(indicators=)`
-METRICS = ("divergence", "kinetic_energy", "hj_residual", "terminal_residual", "velocity_residual", "gradient_penalty",
-           "potential_loss", "critic_loss", "straight_line_bound", "grad_phi_gen_mean", "grad_phi_gen_max",
-           "grad_phi_data_mean", "grad_phi_data_max")
+INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mean", "grad_phi_gen_max",
+                     "grad_phi_data_mean", "grad_phi_data_max")  # extra gradient passes; `outer_iteration(indicators=)`
+METRICS = ("divergence", "kinetic_energy", "hj_residual", "terminal_residual", "velocity_residual",
+           "gradient_penalty", "potential_loss", "critic_loss", "straight_line_bound", "grad_phi_gen_mean",
+           "grad_phi_gen_max", "grad_phi_data_mean", "grad_phi_data_max")
 
 
 class TrainState(flax.struct.PyTreeNode):
