@@ -18,6 +18,7 @@ BASE = Config()
     ("divergence", "js", "choose one of kl, reverse_kl, alpha, w1"), ("batch_size", "2.5", "not a valid int"),
     ("lam", "abc", "not a valid float"), ("use_w1", "maybe", "not a valid bool"), ("gp_weight", "-1", ">= 0"),
     ("beta1", "1", "[0, 1)"), ("architecture", "resnet", "conv, mlp"), ("lam", "nan", "finite"),
+    ("alpha", "nan", "alpha must be a finite number"), ("alpha", "inf", "alpha must be a finite number"),
     ("reference_high", "-1", "reference_low must be < reference_high"),
     ("discriminator_architecture", "resnet", "choose one of same, conv, mlp"),
 ])

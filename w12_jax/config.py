@@ -22,6 +22,8 @@ ACTIVATIONS = ("relu", "tanh", "softplus", "silu", "elu")
 REFERENCES = ("uniform", "gaussian")
 LR_SCHEDULES = ("constant", "cosine")
 MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
+OBJECTIVES = ("mfg", "icfm", "otcfm")
+VELOCITY_FIELDS = ("potential", "direct")
 PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # DESIGN.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 
@@ -59,8 +61,12 @@ class Config:
     terminal_weight: float = 0.0  # w_T · mean |∇U(x_K, T) − ∇phi(x_K)|, phi frozen
     velocity_weight: float = 0.0  # w_V · Σ_k h mean |∇U(x_{k+1}, t_{k+1}) − ∇U(x_k, t_k)|² / h²
     chord_weight: float = 0.0  # w_C · lam T mean ½|v(z, t) − (x_K − x0)/T|², z on the chord at t ~ U[0, T]
+    # training objective (DESIGN.md §11): "mfg", the paper's adversarial W1⊕W2 problem above, or conditional
+    # flow matching of the same network, "icfm" (independent pairs) or "otcfm" (exact minibatch OT pairs)
+    objective: str = "mfg"
+    velocity_field: str = "potential"  # v = −∇U/lam, or "direct": v(x, t) from the trunk with a d-dim head (CFM)
     # optimisation
-    n_critic: int = 5  # n_D
+    n_critic: int = 5  # n_D (flow matching: 1 block of data per iteration, the last of n_critic)
     batch_size: int = 200
     lr_potential: float = 5e-4
     lr_discriminator: float = 1e-4
@@ -103,6 +109,13 @@ class Config:
         """Name of the paper's case selected by (use_w1, use_w2)."""
         return {v: k for k, v in CASES.items()}[(self.use_w1, self.use_w2)]
 
+    @property
+    def method(self) -> str:
+        """What trains the flow: the paper's case (w1w2, w1, w2, none) or the flow-matching objective, with
+        "-direct" for a direct velocity network."""
+        name = self.case if self.objective == "mfg" else self.objective
+        return name + ("-direct" if self.velocity_field == "direct" else "")
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self)}
@@ -134,6 +147,11 @@ def _validate(cfg: Config) -> None:
     _one_of("potential_activation", cfg.potential_activation, ACTIVATIONS)
     _one_of("discriminator_activation", cfg.discriminator_activation, ACTIVATIONS)
     _one_of("reference", cfg.reference, REFERENCES)
+    _one_of("objective", cfg.objective, OBJECTIVES)
+    _one_of("velocity_field", cfg.velocity_field, VELOCITY_FIELDS)
+    if cfg.velocity_field == "direct" and cfg.objective == "mfg":
+        raise ConfigError("velocity_field='direct' needs a flow-matching objective (icfm or otcfm): the MFG "
+                          "objective's HJ residual and terminal condition are defined through the potential U")
     _one_of("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
               "iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples",
@@ -167,6 +185,10 @@ def _validate(cfg: Config) -> None:
     for name in ("architecture", "discriminator_architecture"):
         if getattr(cfg, name) == "conv" and len(cfg.data_shape) != 3:
             raise ConfigError(f"{name}='conv' needs image data (H, W, C), got data_shape={cfg.data_shape}")
+    for f in dataclasses.fields(cfg):  # every float, alpha too when divergence is not 'alpha', is a finite number
+        v = getattr(cfg, f.name)
+        if f.type == "float" and not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ConfigError(f"{f.name} must be a finite number, got {v!r}")
 
 
 FIELD_TYPES: dict[str, str] = {f.name: f.type for f in dataclasses.fields(Config)}
