@@ -174,7 +174,7 @@ def cmd_sample(args) -> int:
             data = load_config_dataset(config).heldout
         except (DataError, ConfigError):
             data = None  # the picture is drawn without the data
-    title = f"{config.dataset} {config.case}, iteration {int(state.step)}, {args.solver.lower()}, NFE {nfe}"
+    title = f"{config.dataset} {config.method}, iteration {int(state.step)}, {args.solver.lower()}, NFE {nfe}"
     picture = plots.samples_figure(arrays["samples"], out[:-4] + ".png", data=data,
                                    trajectories=arrays.get("path"), title=title)
     print(f"wrote {n} samples to {out} and {picture}; solver {args.solver.lower()}, "
@@ -192,7 +192,7 @@ def cmd_evaluate(args) -> int:
     ds = load_config_dataset(config)
     if config.dataset in DIGIT_DATASETS and not classifier_cache_path().is_file():
         print(f"training the digit classifier once (cached in {classifier_cache_path()})", flush=True)
-    report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case,
+    report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case, "method": config.method,
               **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed)}
     path = os.path.join(args.workdir, "evaluation.json")
     with open(path, "w") as f:

@@ -37,6 +37,24 @@ def potential_derivatives(u: ScalarPotential, x, t):
     return jax.vmap(jax.grad(u, argnums=(0, 1)), in_axes=(0, None))(x, jnp.asarray(t, x.dtype))
 
 
+def velocity(network, params, lam: float):
+    """v(x, t) for a batch x (B, *shape) at times t (B,) or one time (): −∇U(x, t)/lam for a potential
+    network, the output itself for a `networks.VelocityField`."""
+    from w12_jax.networks import VelocityField
+
+    if isinstance(network, VelocityField):
+        return lambda x, t: network.apply(params, x, jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1]))
+    u = scalar_potential(network, params)
+
+    def v(x, t):
+        t = jnp.asarray(t, x.dtype)
+        if t.ndim == 0:
+            return -potential_derivatives(u, x, t)[0] / lam
+        return -jax.vmap(jax.grad(u))(x, t) / lam
+
+    return v
+
+
 class EulerFlow(NamedTuple):
     """Result of `euler_flow`: x_T (B, *shape); ∇U and ∂tU at (x_k, t_k), k < K: (K, B, *shape), (K, B);
     path x_0..x_K (K+1, B, *shape) when requested, else None."""

@@ -39,7 +39,7 @@ from w12_jax import plots
 from w12_jax.checkpoint import Checkpointer, all_finite
 from w12_jax.config import Config, ConfigError
 from w12_jax.data import Dataset, load_dataset, sample_batches
-from w12_jax.networks import make_potential
+from w12_jax.networks import make_flow_network
 from w12_jax.reference import sample_reference
 from w12_jax.sample import SampleResult, sample
 from w12_jax.train import (METRICS, TrainState, data_sharding, global_array, init_train_state, make_mesh,
@@ -47,7 +47,7 @@ from w12_jax.train import (METRICS, TrainState, data_sharding, global_array, ini
 
 # Fields that may change when a run is resumed (schedule and logging only, not the problem or networks).
 RESUMABLE_CHANGES = ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples", "data_dir")
-LIVE_METRICS = (("divergence", "div"), ("kinetic_energy", "KE"), ("hj_residual", "HJ"),
+LIVE_METRICS = (("divergence", "div"), ("cfm_loss", "cfm"), ("kinetic_energy", "KE"), ("hj_residual", "HJ"),
                 ("terminal_residual", "term"))
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "orbax-checkpoint", "numpy")
 STATE_PARTS = ("potential_params", "potential_ema", "discriminator_params", "potential_opt_state",
@@ -92,7 +92,7 @@ def generate(config: Config, params, n: int, *, seed: int = 0, solver="euler", d
     if dt is None and num_steps is None:
         dt = config.dt
     x0 = sample_reference(config, jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_KEY), (n,))
-    res = sample(make_potential(config), params, x0, T=config.T, lam=config.lam, solver=solver, dt=dt,
+    res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, solver=solver, dt=dt,
                  num_steps=num_steps, save_points=save_points)
     return np.asarray(x0), res
 
@@ -240,7 +240,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     ds = load_config_dataset(config)
     step_fn = make_train_step(config, devices)
     # iterations that are not logged skip the INDICATOR_METRICS (same parameters, ~8 % less work)
-    lean_fn = make_train_step(config, devices, indicators=False) if config.log_every > 1 else None
+    lean_fn = make_train_step(config, devices, indicators=False) if (config.log_every > 1
+                                                                      and config.objective == "mfg") else None
     mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -315,7 +316,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     from tqdm import tqdm
 
     bar = tqdm(total=config.iterations, initial=start, disable=True if not (progress and is_main) else None,
-               dynamic_ncols=True, desc=f"{config.dataset} {config.case}",
+               dynamic_ncols=True, desc=f"{config.dataset} {config.method}",
                bar_format="{desc} {percentage:3.0f}%|{bar:16}| {n_fmt}/{total_fmt} "
                           "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     plain_log = progress and is_main and bar.disable  # no terminal: one stdout line per checkpoint instead
@@ -331,7 +332,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
                 metrics, finite = jax.device_get((metrics, _finite_parts(state)))
                 metrics = {k: float(v) for k, v in metrics.items()}
                 it = i + 1
-                bad = [k for k in METRICS if k in metrics and not np.isfinite(metrics[k])]
+                bad = [k for k in metrics if not np.isfinite(metrics[k])]
                 bad_parts = [p for p in STATE_PARTS if not finite[p]]
                 if log_file is not None and (logged or bad or bad_parts):
                     log_file.write(json.dumps({"iteration": it, **metrics,
@@ -359,7 +360,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
                 if is_main and it % config.sample_every == 0 and it < config.iterations:
                     write_samples_figure(config, state.potential_ema,
                                          os.path.join(workdir, "samples", f"step_{it:06d}.png"),
-                                         data=ds.heldout, title=f"{config.dataset} {config.case}, iteration {it}",
+                                         data=ds.heldout, title=f"{config.dataset} {config.method}, iteration {it}",
                                          seed=config.seed)
                 if interrupt.set and it < config.iterations:
                     ckpt.save(state, config)
@@ -379,14 +380,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
             records = plots.read_jsonl(metrics_path)
             if records:
                 plots.training_curves(records, os.path.join(workdir, "curves.png"),
-                                      title=f"{config.dataset}, {config.case}")
+                                      title=f"{config.dataset}, {config.method}")
 
     done = config.iterations - start
     if is_main:
         session.update(end_iteration=int(state.step), train_seconds=seconds,
                        iterations_per_second=done / seconds if seconds > 0 and done else None)
         _write_json(info_path, info)
-        title = f"{config.dataset} {config.case}, iteration {int(state.step)}"
+        title = f"{config.dataset} {config.method}, iteration {int(state.step)}"
         final = write_samples_figure(config, state.potential_ema,
                                      os.path.join(workdir, "samples", f"step_{int(state.step):06d}.png"),
                                      data=ds.heldout, title=title, seed=config.seed)

@@ -2,7 +2,8 @@
 
 Images: conv(C ch, k×k, no bias) → ReLU → 2×2 max-pool, repeated, then an MLP (the paper's pair).
 Vectors: an MLP on the flattened input (with t appended for the potential).
-Both return one scalar per sample: shape (B,).
+Both return one scalar per sample: shape (B,). `VelocityField` (flow matching's direct parameterisation)
+returns a vector per sample.
 """
 
 from __future__ import annotations
@@ -126,6 +127,30 @@ class Potential(nn.Module):
         return ScalarMLP(self.hidden, self.activation)(h)
 
 
+class VelocityField(nn.Module):
+    """v(x, t): x (B, *data_shape), t (B,) -> (B, *data_shape). The potential's trunk (conv features ⊕ t →
+    hidden layers) with a linear head of d = prod(data_shape) outputs: the direct parameterisation of
+    flow matching (torchcfm), against which v = −∇U/lam separates the objective from the gradient form."""
+
+    hidden: Sequence[int]
+    activation: str
+    conv_channels: Sequence[int] = ()
+    conv_kernel: int = 7
+    space_to_depth: bool = True
+
+    @nn.compact
+    def __call__(self, x, t):
+        if self.conv_channels:
+            h = ConvFeatures(self.conv_channels, self.conv_kernel, self.space_to_depth)(x)
+        else:
+            h = x.reshape(x.shape[0], -1)
+        h = jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
+        act = ACTIVATION_FNS[self.activation]
+        for width in self.hidden:
+            h = act(nn.Dense(width)(h))
+        return nn.Dense(int(np.prod(x.shape[1:])))(h).reshape(x.shape)
+
+
 class Discriminator(nn.Module):
     """phi(x) before the divergence's output map: x (B, *data_shape) -> (B,)."""
 
@@ -149,6 +174,15 @@ def make_potential(config: Config) -> Potential:
     conv = config.conv_channels if config.architecture == "conv" else ()
     return Potential(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
                      config.conv_space_to_depth)
+
+
+def make_flow_network(config: Config) -> Potential | VelocityField:
+    """The network that defines the flow: U(x, t) (v = −∇U/lam), or v(x, t) when velocity_field='direct'."""
+    if config.velocity_field == "direct":
+        conv = config.conv_channels if config.architecture == "conv" else ()
+        return VelocityField(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
+                             config.conv_space_to_depth)
+    return make_potential(config)
 
 
 def make_discriminator(config: Config) -> Discriminator:

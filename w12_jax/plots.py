@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 
 CURVES = (("divergence", "divergence estimate"), ("kinetic_energy", "kinetic energy"),
           ("hj_residual", "HJ residual"), ("terminal_residual", "terminal residual"))
+CFM_CURVES = (("cfm_loss", "flow-matching loss"), ("kinetic_energy", "kinetic energy"),
+              ("straight_line_bound", "straight-line bound"))  # runs with objective icfm / otcfm
 
 
 def _save(fig, path: str | os.PathLike) -> str:
@@ -75,10 +77,12 @@ def scatter_with_trajectories(samples, path: str | os.PathLike, data=None, traje
 
 
 def training_curves(records: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "") -> str:
-    """Four panels (CURVES) against `records[i]["iteration"]`; non-finite values are left out."""
+    """One panel per entry of CURVES (CFM_CURVES for a flow-matching run) against `records[i]["iteration"]`;
+    non-finite values are left out."""
     it = np.array([r["iteration"] for r in records], np.float64)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
-    for ax, (key, label) in zip(axes, CURVES):
+    curves = CFM_CURVES if any("cfm_loss" in r for r in records) else CURVES
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4))
+    for ax, (key, label) in zip(axes, curves):
         y = np.array([r.get(key, np.nan) for r in records], np.float64)
         ok = np.isfinite(y)
         ax.plot(it[ok], y[ok], lw=1.0)

@@ -43,6 +43,11 @@ MAIN = dataclasses.replace(MNIST, batch_size=100, n_critic=2, lr_potential=1e-3,
 MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, the paper's conv networks, B = 100, n_D = 2, lr 1e-3, "
                     "gp_weight 5, 2400 iterations (~10 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
+# Flow matching of the same conv potential (DESIGN.md §11), the yardstick of experiments.compare: one
+# regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) as for any regression.
+CFM_OPTIMIZER = dict(n_critic=1, beta1=0.9, beta2=0.999)
+MNIST_CFM = dataclasses.replace(MAIN, objective="icfm", **CFM_OPTIMIZER)
+FLOW_MATCHING = {"cfm": "icfm", "otcfm": "otcfm"}  # preset suffix -> objective
 
 
 def lowdim_config(dataset: str, dim: int) -> Config:
@@ -66,6 +71,11 @@ def _build() -> dict[str, Preset]:
         cfg = with_case(base, case)
         presets[f"mnist-{case}"] = Preset(
             cfg, f"{CASE_NAMES[case]} on mnist5k, paper settings, {cfg.iterations} iterations")
+    for suffix, objective in FLOW_MATCHING.items():
+        cfg = dataclasses.replace(MNIST_CFM, objective=objective)
+        presets[f"mnist5k-{suffix}"] = Preset(
+            cfg, f"{objective.upper()} (flow matching) of the main job's conv potential on mnist5k, B = 100, "
+                 f"lr {cfg.lr_potential:g}, {cfg.iterations} iterations")
     for dataset in LOWDIM_DATASETS:
         for dim in LOWDIM_DIMS:
             stem = dataset if dim == 2 else f"{dataset}{dim}d"
@@ -75,6 +85,11 @@ def _build() -> dict[str, Preset]:
                 presets[f"{stem}-{case}"] = Preset(
                     cfg, f"{CASE_NAMES[case]} on {dataset} ({where}), paper low-dim settings, "
                          f"{cfg.iterations} iterations")
+            for suffix, objective in FLOW_MATCHING.items():
+                cfg = dataclasses.replace(lowdim_config(dataset, dim), objective=objective, **CFM_OPTIMIZER)
+                presets[f"{stem}-{suffix}"] = Preset(
+                    cfg, f"{objective.upper()} (flow matching) on {dataset} ({where}), the W1⊕W2 preset's "
+                         f"potential, {cfg.iterations} iterations")
     return presets
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from w12_jax.config import MAX_EULER_STEPS
-from w12_jax.flow import potential_derivatives, scalar_potential
+from w12_jax.flow import velocity
 
 SOLVERS = {
     "euler": diffrax.Euler,
@@ -64,11 +64,12 @@ def evaluations_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
 
 
 @eqx.filter_jit
-def sample(potential, params, x0, *, T: float, lam: float,
+def sample(network, params, x0, *, T: float, lam: float,
            solver: Union[str, diffrax.AbstractSolver] = "euler", dt: Optional[float] = None,
            num_steps: Optional[int] = None, rtol: Optional[float] = None, atol: Optional[float] = None,
            save_points: Optional[int] = None, max_steps: int = MAX_EULER_STEPS) -> SampleResult:
-    """x_T from x0 (B, *shape) under dx/dt = −∇U(x, t)/lam, jit-compiled.
+    """x_T from x0 (B, *shape) under dx/dt = v(x, t), jit-compiled; v = −∇U(x, t)/lam for a potential
+    `network` (`networks.make_flow_network`), its output for a direct `VelocityField`.
 
     Give exactly one of `dt` (fixed step, must divide T), `num_steps` (h = T/num_steps), or `rtol`/`atol`
     (adaptive PID control; `dt`, if given too, is the first step). `save_points`: number of equally spaced
@@ -94,14 +95,10 @@ def sample(potential, params, x0, *, T: float, lam: float,
                                            atol=1e-3 if atol is None else atol)
         dt0 = T / 8 if dt is None else dt
 
-    u = scalar_potential(potential, params)
-
-    def velocity(t, x, args):
-        return -potential_derivatives(u, x, t)[0] / lam
-
+    v = velocity(network, params, lam)
     saveat = (diffrax.SaveAt(t1=True) if save_points is None
               else diffrax.SaveAt(ts=jnp.linspace(0.0, T, save_points)))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(velocity), solver, t0=0.0, t1=T, dt0=dt0, y0=x0,
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, x, args: v(x, t)), solver, t0=0.0, t1=T, dt0=dt0, y0=x0,
                               saveat=saveat, stepsize_controller=controller, max_steps=max_steps)
     per_step, extra = evaluations_per_step(solver)
     steps = sol.stats["num_steps"]

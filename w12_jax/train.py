@@ -1,4 +1,4 @@
-"""The train state and the compiled, data-parallel outer iteration (DESIGN.md §6).
+"""The train state and the compiled, data-parallel outer iteration (DESIGN.md §6; flow matching: §11).
 
 One outer iteration = n_D discriminator updates (a `lax.scan`) + one potential update, compiled as one
 program. The batch axis is sharded over a 1-D device mesh ("data"); parameters are replicated, so the
@@ -19,11 +19,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from w12_jax import mfg
+from w12_jax import flow_matching, mfg
 from w12_jax.config import Config, ConfigError
 from w12_jax.divergences import get_divergence, gradient_norm, gradient_penalty
-from w12_jax.flow import euler_flow, kinetic_energy, potential_derivatives, scalar_potential, unroll_for
-from w12_jax.networks import make_discriminator, make_potential
+from w12_jax.flow import euler_flow, kinetic_energy, potential_derivatives, scalar_potential, unroll_for, velocity
+from w12_jax.networks import make_discriminator, make_flow_network, make_potential
 from w12_jax.reference import sample_reference
 
 INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mean", "grad_phi_gen_max",
@@ -31,6 +31,7 @@ INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mea
 METRICS = ("divergence", "kinetic_energy", "hj_residual", "terminal_residual", "velocity_residual",
            "gradient_penalty", "potential_loss", "critic_loss", "straight_line_bound", "grad_phi_gen_mean",
            "grad_phi_gen_max", "grad_phi_data_mean", "grad_phi_data_max")
+CFM_METRICS = ("cfm_loss", "kinetic_energy", "straight_line_bound")  # flow-matching objectives (icfm, otcfm)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -66,7 +67,7 @@ def init_train_state(config: Config, key: Optional[jax.Array] = None) -> TrainSt
     init_key, run_key = jax.random.split(key)
     ku, kphi = jax.random.split(init_key)
     x = jnp.zeros((1,) + tuple(config.data_shape), jnp.float32)
-    pu = make_potential(config).init(ku, x, jnp.zeros((1,)))
+    pu = make_flow_network(config).init(ku, x, jnp.zeros((1,)))
     pphi = make_discriminator(config).init(kphi, x)
     opt_u, opt_phi = make_optimizers(config)
     return TrainState(step=jnp.zeros((), jnp.int32), potential_params=pu, potential_ema=pu,
@@ -161,6 +162,38 @@ def potential_loss(config: Config, potential_params, critic_params, x0, key=None
     return loss, (flow, ke, phi_T)
 
 
+def flow_matching_iteration(config: Config, state: TrainState, data: jax.Array, shard=lambda x, axis: x):
+    """One regression step of I-CFM / OT-CFM (`flow_matching`) on y = data[-1]; the critic is left as it is.
+
+    x0 ~ rho_0 and t ~ U[0, T] from key_step; with objective="otcfm" the pairs (x0_i, y_perm[i]) follow the
+    exact OT plan of the whole global batch (the same pairs on 1 or N devices). Returns (state, metrics):
+    CFM_METRICS, with kinetic_energy = T·mean ½|v(x_t, t)|² and straight_line_bound = mean ½|y − x0|²/T.
+    """
+    opt_u, _ = make_optimizers(config)
+    network, B, T = make_flow_network(config), config.batch_size, config.T
+    k_ref, k_t = jax.random.split(jax.random.fold_in(state.key, state.step))
+    x0 = shard(sample_reference(config, k_ref, (B,)), 0)
+    y = data[-1]
+    if config.objective == "otcfm":
+        y = shard(y[flow_matching.ot_permutation(x0, y)], 0)
+    t = jax.random.uniform(k_t, (B,), x0.dtype, 0.0, T)
+
+    def loss_fn(params):
+        v = velocity(network, params, config.lam)
+        x_t, _ = flow_matching.interpolate(x0, y, t, T)
+        return flow_matching.cfm_loss(v, x0, y, t, T), v(x_t, t)
+
+    (loss, v_t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.potential_params)
+    updates, opt_u_state = opt_u.update(grads, state.potential_opt_state, state.potential_params)
+    pu = optax.apply_updates(state.potential_params, updates)
+    metrics = {"cfm_loss": loss,
+               "kinetic_energy": T * jnp.mean(0.5 * jnp.sum(v_t.reshape(B, -1) ** 2, axis=-1)),
+               "straight_line_bound": mfg.straight_line_bound(x0, y, T)}
+    new_state = state.replace(step=state.step + 1, potential_params=pu, potential_opt_state=opt_u_state,
+                              potential_ema=ema_update(config.ema_decay, state.step, state.potential_ema, pu))
+    return new_state, metrics
+
+
 def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None,
                     indicators: bool = True, batched_critic_flow: Optional[bool] = None):
     """n_D phi updates then one U update; data: (n_critic, B, *shape). Returns (state, metrics dict).
@@ -171,6 +204,7 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     batched_critic_flow: integrate the n_D frozen-U flows as one flow of n_D·B particles (fills a GPU) or as
     n_D flows of B (25 % faster on XLA:CPU, whose caches favour the smaller batch); the same numbers either
     way. None: batched unless the devices (of `mesh`, else the default backend) are CPUs.
+    With objective icfm / otcfm it is `flow_matching_iteration` instead (metrics: CFM_METRICS).
     """
     potential = make_potential(config)
     opt_u, opt_phi = make_optimizers(config)
@@ -183,6 +217,8 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
         spec[axis] = "data"
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 
+    if config.objective != "mfg":
+        return flow_matching_iteration(config, state, data, shard)
     key = jax.random.fold_in(state.key, state.step)
     k_ref_critic, k_gp, k_ref_u = jax.random.split(key, 3)
 
