@@ -14,6 +14,7 @@ import pytest
 
 from w12_jax.checkpoint import Checkpointer
 from w12_jax.cli import main
+from w12_jax.config import ConfigError
 from w12_jax.loop import STATE_PARTS
 from w12_jax.train import METRICS
 
@@ -84,6 +85,17 @@ def test_train_resume_sample_evaluate(trained, tmp_path):
     assert 0 < report["straightness_ratio"] <= 1 + 1e-6
     assert report["kinetic_energy"] >= report["straight_line_bound"] - 1e-6
     assert np.isfinite(report["energy_distance"]) and np.isfinite(report["sliced_w2"])
+
+
+def test_sample_output_names_are_the_file_asked_for():
+    from w12_jax.cli import output_paths
+
+    assert output_paths("d/s.png") == ("d/s.npz", "d/s.png")
+    assert output_paths("d/s.npz") == ("d/s.npz", "d/s.png")
+    assert output_paths("S.PNG") == ("S.npz", "S.PNG")
+    for bad in ("s", "s.jpg", "d/.png"):
+        with pytest.raises(ConfigError, match="must name a .npz file"):
+            output_paths(bad)
 
 
 def test_closed_stdout_ends_quietly(tmp_path):

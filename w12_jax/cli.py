@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--nfe", type=int, default=None, help="number of evaluations of ∇U (sets the step count)")
     p.add_argument("--n", type=int, default=None, help="number of samples (default 64 images / 1000 points)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference samples x0")
-    p.add_argument("--out", default=None, help="output .npz (default <workdir>/samples/<solver>_nfe<N>.npz); "
-                                               "the picture is written next to it as .png")
+    p.add_argument("--out", default=None, help="FILE.npz (arrays; the picture beside it as FILE.png) or FILE.png "
+                                               "(the picture; arrays beside it as FILE.npz); default "
+                                               "<workdir>/samples/<solver>_nfe<N>.npz")
 
     p = sub.add_parser("evaluate", help="evaluate a trained workdir, write evaluation.json",
                        description="Sample quality and flow diagnostics of the latest checkpoint.")
@@ -139,6 +140,8 @@ def cmd_sample(args) -> int:
     from w12_jax.sample import evaluations_per_step, get_solver
 
     _positive("--n", args.n)
+    if args.out is not None:
+        output_paths(args.out)  # a bad name fails before the checkpoint is read
     solver = get_solver(args.solver)
     if args.dt is not None and not args.dt > 0:
         raise ConfigError(f"--dt must be > 0, got {args.dt}")
@@ -159,9 +162,8 @@ def cmd_sample(args) -> int:
     x0, res = generate(config, state.potential_ema, n, seed=args.seed, solver=solver, dt=dt,
                        num_steps=num_steps, save_points=save_points)
     nfe = int(res.nfe)
-    out = args.out or os.path.join(args.workdir, "samples", f"{args.solver.lower()}_nfe{nfe}.npz")
-    if not out.endswith(".npz"):
-        out += ".npz"
+    out, picture_path = output_paths(args.out or os.path.join(args.workdir, "samples",
+                                                               f"{args.solver.lower()}_nfe{nfe}.npz"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     arrays = {"samples": np.asarray(res.x_T), "x0": x0, "nfe": nfe, "num_steps": int(res.num_steps),
               "solver": args.solver.lower(), "T": config.T, "lam": config.lam, "iteration": int(state.step)}
@@ -175,11 +177,20 @@ def cmd_sample(args) -> int:
         except (DataError, ConfigError):
             data = None  # the picture is drawn without the data
     title = f"{config.dataset} {config.method}, iteration {int(state.step)}, {args.solver.lower()}, NFE {nfe}"
-    picture = plots.samples_figure(arrays["samples"], out[:-4] + ".png", data=data,
+    picture = plots.samples_figure(arrays["samples"], picture_path, data=data,
                                    trajectories=arrays.get("path"), title=title)
     print(f"wrote {n} samples to {out} and {picture}; solver {args.solver.lower()}, "
           f"{int(res.num_steps)} steps, NFE {nfe}")
     return 0
+
+
+def output_paths(out: str) -> tuple[str, str]:
+    """(arrays .npz, picture .png) of `w12 sample --out FILE`: FILE itself, and the other beside it."""
+    stem, suffix = os.path.splitext(out)
+    if suffix.lower() not in (".npz", ".png") or not os.path.basename(stem):
+        raise ConfigError(f"--out {out!r} must name a .npz file (arrays; the picture goes beside it as .png) "
+                          "or a .png file (the picture; the arrays go beside it as .npz)")
+    return (out, stem + ".png") if suffix.lower() == ".npz" else (stem + ".npz", out)
 
 
 def cmd_evaluate(args) -> int:
