@@ -22,7 +22,7 @@ from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, m
 from w12_jax import metrics
 from w12_jax.checkpoint import Checkpointer
 from w12_jax.loop import generate, load_config_dataset
-from w12_jax.networks import make_potential
+from w12_jax.networks import make_flow_network
 from w12_jax.presets import CASE_NAMES
 from w12_jax.sample import sample
 
@@ -56,7 +56,7 @@ def main(argv=None):
             state, config = ckpt.restore()
         ds = load_config_dataset(config)
         x0, _ = generate(config, state.potential_ema, args.n, num_steps=1)  # the same x0 for every solver
-        potential = make_potential(config)
+        potential = make_flow_network(config)
         samples = {}
         for label, kwargs in solvers(config.T):
             res = sample(potential, state.potential_ema, x0, T=config.T, lam=config.lam, **kwargs)

@@ -29,7 +29,7 @@ from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, m
 from w12_jax import metrics
 from w12_jax.config import Config, with_case
 from w12_jax.loop import generate, load_config_dataset
-from w12_jax.networks import make_potential
+from w12_jax.networks import make_flow_network
 from w12_jax.presets import get_preset
 from w12_jax.sample import sample
 
@@ -71,7 +71,7 @@ def samplers(T: float) -> list[tuple[str, dict]]:
 def flow_report(config: Config, params, x0: np.ndarray) -> tuple[dict, np.ndarray]:
     """Kinetic energy, straight-line bound, their ratio and the straightness ratio on the fine Euler path;
     returns (report, x_T of the fine solve)."""
-    res = sample(make_potential(config), params, x0, T=config.T, lam=config.lam, solver="euler",
+    res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, solver="euler",
                  num_steps=FINE_STEPS, save_points=FINE_SAVE)
     path = np.asarray(res.path)
     ke = float(metrics.path_kinetic_energy(path, config.T))
@@ -80,24 +80,26 @@ def flow_report(config: Config, params, x0: np.ndarray) -> tuple[dict, np.ndarra
             "straightness_ratio": float(metrics.straightness_ratio(path))}, path[-1]
 
 
-def sampler_reports(config: Config, params, x0: np.ndarray, fine: np.ndarray, quality: Callable) -> dict:
-    """{label: {nfe, deviation, **quality(x_T)}} for every sampler of `samplers`, and the fine solve."""
+def sampler_reports(config: Config, params, x0: np.ndarray, fine: np.ndarray, quality: Callable,
+                    sampler_list: list | None = None) -> dict:
+    """{label: {nfe, deviation, **quality(x_T)}} for every sampler of `sampler_list` (default `samplers`),
+    and the fine solve."""
     out = {}
     flat_ref = fine.reshape(len(fine), -1)
-    for label, kwargs in samplers(config.T) + [(f"euler {FINE_STEPS} (fine)", None)]:
+    for label, kwargs in (sampler_list or samplers(config.T)) + [(f"euler {FINE_STEPS} (fine)", None)]:
         if kwargs is None:
             x_T, nfe = fine, FINE_STEPS
         else:
-            res = sample(make_potential(config), params, x0, T=config.T, lam=config.lam, **kwargs)
+            res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, **kwargs)
             x_T, nfe = np.asarray(res.x_T), int(res.nfe)
         dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), flat_ref))
         out[label] = {"nfe": nfe, "deviation": dev, **quality(x_T)}
     return out
 
 
-def cached(workdir: str, key: dict, compute: Callable[[], dict]) -> dict:
-    """compute(), stored in workdir/few_step.json and reused while `key` (checkpoint step, n, ...) is the same."""
-    path = os.path.join(workdir, "few_step.json")
+def cached(workdir: str, key: dict, compute: Callable[[], dict], filename: str = "few_step.json") -> dict:
+    """compute(), stored in workdir/filename and reused while `key` (checkpoint step, n, ...) is the same."""
+    path = os.path.join(workdir, filename)
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
@@ -109,13 +111,15 @@ def cached(workdir: str, key: dict, compute: Callable[[], dict]) -> dict:
     return value
 
 
-def measured(workdir: str, cfg: Config, state, x0: np.ndarray, quality: Callable) -> tuple[dict, dict]:
-    """(flow_report, sampler_reports) of the trained `state` from x0, cached in workdir per checkpoint step."""
+def measured(workdir: str, cfg: Config, state, x0: np.ndarray, quality: Callable, sampler_list: list | None = None,
+             filename: str = "few_step.json") -> tuple[dict, dict]:
+    """(flow_report, sampler_reports) of the trained `state` from x0, cached in workdir/filename per checkpoint
+    step."""
     def measure():
         flow, fine = flow_report(cfg, state.potential_ema, x0)
-        return {"flow": flow, "samplers": sampler_reports(cfg, state.potential_ema, x0, fine, quality)}
+        return {"flow": flow, "samplers": sampler_reports(cfg, state.potential_ema, x0, fine, quality, sampler_list)}
 
-    report = cached(workdir, {"step": int(state.step), "n": len(x0), "fine_steps": FINE_STEPS}, measure)
+    report = cached(workdir, {"step": int(state.step), "n": len(x0), "fine_steps": FINE_STEPS}, measure, filename)
     return report["flow"], report["samplers"]
 
 
@@ -172,7 +176,7 @@ def mnist(args) -> tuple[list, dict, dict]:
             rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], r["frechet_distance"],
                          r["class_entropy"], r["deviation"], flow["ke_over_bound"], flow["straightness_ratio"],
                          seconds])
-        grids[variant] = {label: sample(make_potential(cfg), params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T
+        grids[variant] = {label: sample(make_flow_network(cfg), params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T
                           for label, kw in samplers(cfg.T)}
     return rows, results, grids
 

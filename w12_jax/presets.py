@@ -44,9 +44,11 @@ MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, the paper's conv networks, B 
                     "gp_weight 5, 2400 iterations (~10 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
 # Flow matching of the same conv potential (DESIGN.md §11), the yardstick of experiments.compare: one
-# regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) as for any regression.
+# regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) as for any regression. lr 5e-4: after
+# 1500 OT-CFM iterations Fréchet distance 206 (class entropy 1.75) at 5 NFE, against 224 (1.56) with the main
+# job's 1e-3 (seed 0).
 CFM_OPTIMIZER = dict(n_critic=1, beta1=0.9, beta2=0.999)
-MNIST_CFM = dataclasses.replace(MAIN, objective="icfm", **CFM_OPTIMIZER)
+MNIST_CFM = dataclasses.replace(MAIN, objective="icfm", lr_potential=5e-4, **CFM_OPTIMIZER)
 FLOW_MATCHING = {"cfm": "icfm", "otcfm": "otcfm"}  # preset suffix -> objective
 
 
