@@ -322,3 +322,18 @@ def test_image_quality_on_real_digits_single_digit_and_training_copies(classifie
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_sinkhorn_divergence_is_zero_on_itself_and_tends_to_half_w2_squared():
+    """Cost ½|x − y|²: for the quantile grid of N(0, 1) and its image m + s·x (both on a line in R^2) the
+    empirical optimal plan is monotone, so ½W2² = ½ mean((m + (s − 1)x)²) exactly; S_eps approaches it."""
+    sinkhorn_divergence = M.sinkhorn_divergence
+    q = norm.ppf((np.arange(300) + 0.5) / 300)
+    x = np.stack([q, np.zeros_like(q)], 1)
+    assert abs(float(sinkhorn_divergence(x, x))) < 1e-5
+    for m, s in ((1.0, 0.5), (0.5, 2.0)):
+        y = np.stack([m + s * q, np.zeros_like(q)], 1)
+        half_w2 = 0.5 * np.mean((m + (s - 1) * q) ** 2)
+        errors = [abs(float(sinkhorn_divergence(x, y, eps)) - half_w2) / half_w2 for eps in (0.1, 0.01)]
+        assert errors[1] < 1e-4 and errors[0] < 5e-3, errors
+        assert abs(half_w2 - 0.5 * (m**2 + (1 - s) ** 2)) < 0.01 * half_w2  # the population ½W2²
