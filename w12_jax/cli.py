@@ -89,9 +89,14 @@ def _train_config(args):
     from w12_jax.checkpoint import Checkpointer
     from w12_jax.loop import _stored_config
 
+    from w12_jax.data import is_data_path
+
     assignments = dict(parse_assignment(a) for a in args.assignments)
     preset = args.preset
-    workdir = args.workdir or os.path.join("runs", preset or DEFAULT_PRESET)
+    own = str(assignments.get("dataset", ""))
+    default_name = (os.path.splitext(os.path.basename(os.path.normpath(own)))[0] if own and is_data_path(own)
+                    else preset or DEFAULT_PRESET)  # own data: runs/<file or folder name>
+    workdir = args.workdir or os.path.join("runs", default_name)
     base = None
     if args.resume and preset is None:  # continue the workdir's own run
         ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -114,6 +119,12 @@ def cmd_train(args) -> int:
 
         initialize(args.coordinator, args.num_processes, args.process_id)
     config, workdir = _train_config(args)
+    if not config.data_hash:
+        from w12_jax.loop import configure_own_data
+
+        config, summary = configure_own_data(config)
+        if summary:
+            print(summary, flush=True)
     train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
     return 0
 

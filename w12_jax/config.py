@@ -41,6 +41,7 @@ class Config:
     data_shape: tuple[int, ...] = (28, 28, 1)
     embed_dim: int = 0  # 0: no zero-padded embedding (low-dim sets only)
     data_dir: str = ""  # IDX directory for offline fashion_mnist / mnist; "" = default
+    data_hash: str = ""  # own data (dataset = a .npy / .npz file or an image folder): its sha256, set on first use
     num_samples: int = 0  # synthetic sets: points generated; 0 = data set default
     reference: str = "uniform"
     reference_low: float = 0.0

@@ -358,6 +358,112 @@ def embed(x: np.ndarray, embed_dim: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, embed_dim - x.shape[1])))
 
 
+# ------------------------------------------------------------------------------------ own data
+ARRAY_SUFFIXES = (".npy", ".npz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def is_data_path(name: str) -> bool:
+    """True when `name` names the user's own data (a .npy / .npz file or a folder) rather than a set of
+    DATASETS."""
+    return name not in DATASETS and (name.lower().endswith(ARRAY_SUFFIXES) or os.sep in name
+                                     or os.path.isdir(name))
+
+
+def _image_files(folder: str) -> list[str]:
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise DataError(f"{folder}: no .png / .jpg / .jpeg images in the folder")
+    return [os.path.join(folder, f) for f in files]
+
+
+def _read_images(folder: str) -> np.ndarray:
+    """(N, H, W, C) uint8 from a folder of images of one size; C = 1 if every image is grayscale, else 3."""
+    from PIL import Image
+
+    files = _image_files(folder)
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                images.append(im.copy())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: not a readable image ({_one_line(e)})") from None
+    gray = all(im.mode in ("L", "1", "I;16", "I") for im in images)
+    arrays = []
+    for path, im in zip(files, images):
+        a = np.asarray(im.convert("L" if gray else "RGB"))
+        if arrays and a.shape != arrays[0].shape:
+            raise DataError(f"{path}: image of size {a.shape[1]}×{a.shape[0]}, but {files[0]} is "
+                            f"{arrays[0].shape[1]}×{arrays[0].shape[0]}; all images must have one size")
+        arrays.append(a)
+    x = np.stack(arrays)
+    return x[..., None] if gray else x
+
+
+def _read_array(path: str) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            keys = list(loaded.keys())
+            if len(keys) == 1 or "x" in keys:
+                return np.array(loaded["x" if "x" in keys else keys[0]])
+            raise DataError(f"{path}: holds arrays {', '.join(keys)}; name the data 'x' or keep one array")
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npy / .npz file ({_one_line(e)})") from None
+
+
+def read_user_data(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """(samples, kind) from a .npy / .npz array of shape (N, d), (N, H, W) or (N, H, W, C), or a folder of
+    images of one size; kind "vectors" (as they are) or "images" (scaled to [0, 1]: divided by 255 when the
+    values exceed 1, or when read from image files). DataError (one line naming the file) otherwise."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _read_images(path).astype(np.float32) / 255.0, "images"
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file or folder")
+    if not path.lower().endswith(ARRAY_SUFFIXES):
+        raise DataError(f"{path}: own data must be a .npy / .npz file or a folder of images")
+    x = _read_array(path)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array of dtype {x.dtype}, expected numbers")
+    if x.ndim < 2 or x.ndim > 4:
+        raise DataError(f"{path}: array of shape {x.shape}; expected (N, d), (N, H, W) or (N, H, W, C)")
+    if x.shape[0] < 2:
+        raise DataError(f"{path}: {x.shape[0]} sample(s); at least 2 are needed (a training and a held-out one)")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
+        raise DataError(f"{path}: {int(bad.sum())} NaN/Inf values (first in sample {first})")
+    if x.ndim == 2:
+        return x, "vectors"
+    if x.ndim == 3:
+        x = x[..., None]
+    return (x / 255.0 if x.max() > 1.0 else x), "images"
+
+
+def data_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of the file, or of the names and bytes of a folder's images."""
+    import hashlib
+
+    path = os.fspath(path)
+    h = hashlib.sha256()
+    files = _image_files(path) if os.path.isdir(path) else [path]
+    for f in files:
+        if len(files) > 1:
+            h.update(os.path.basename(f).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def load_dataset(
     name: str,
     *,
@@ -375,11 +481,19 @@ def load_dataset(
       num_samples takes a seeded subset of the train split. IDX files are read from data_dir for
       mnist / fashion_mnist (and from FASHION_MNIST_DIR when tensorflow-datasets is missing);
       otherwise tensorflow-datasets is used (data_dir is then its cache directory).
-    Images: (N, H, W, C) in [0, 1], reference U[0, 0.5]. Toy sets: (N, 2), or (N, embed_dim) zero
-    padded, reference N(0, I).
+    - own data: `name` a .npy / .npz file or a folder of images (`read_user_data`), split as the toy sets.
+    Images: (N, H, W, C) in [0, 1], reference U[0, 0.5]. Toy sets and own vectors: (N, d), or (N, embed_dim)
+    zero padded, reference N(0, I).
     """
+    if is_data_path(name):
+        x, kind = read_user_data(name)  # at least one held-out sample, at least one training sample
+        train, held, _, _ = _split(x, None, _check_int("seed", seed, 0), max(heldout_fraction, 1.0 / len(x)))
+        if kind == "images":
+            return Dataset(name, train, held, None, None, *IMAGE_REFERENCE)
+        return Dataset(name, train, held, None, None, "gaussian", float("nan"), float("nan"))
     if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; valid names: " + ", ".join(DATASETS))
+        raise DataError(f"unknown data set {name!r}; valid names: " + ", ".join(DATASETS)
+                        + ", or your own data: a .npy / .npz file or a folder of images")
     seed = _check_int("seed", seed, 0)
     if num_samples is not None:
         num_samples = _check_int("num_samples", num_samples, 1)

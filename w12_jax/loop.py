@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from w12_jax import plots
 from w12_jax.checkpoint import Checkpointer, all_finite
 from w12_jax.config import Config, ConfigError
-from w12_jax.data import Dataset, load_dataset, sample_batches
+from w12_jax.data import Dataset, data_fingerprint, is_data_path, load_dataset, sample_batches
 from w12_jax.networks import make_flow_network
 from w12_jax.reference import sample_reference
 from w12_jax.sample import SampleResult, sample
@@ -66,9 +66,35 @@ class TrainingInterrupted(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ data
+def configure_own_data(config: Config) -> tuple[Config, str]:
+    """(config, one-line summary) for own data (`config.dataset` a .npy / .npz file or an image folder):
+    data_shape, architecture (the conv pair for images, MLPs for vectors), reference (U[0, 0.5] for images,
+    N(0, I) for vectors) and data_hash taken from the data. Other datasets: (config, "")."""
+    if not is_data_path(config.dataset):
+        return config, ""
+    ds = load_dataset(config.dataset, seed=config.seed)
+    images = len(ds.sample_shape) == 3
+    config = dataclasses.replace(
+        config, data_shape=ds.sample_shape, architecture="conv" if images else "mlp",
+        discriminator_architecture="same", reference=ds.reference,
+        reference_low=ds.reference_low if images else config.reference_low,
+        reference_high=ds.reference_high if images else config.reference_high,
+        embed_dim=0, num_samples=0, data_hash=data_fingerprint(config.dataset))
+    shape = "×".join(map(str, ds.sample_shape))
+    what = (f"images {shape} scaled to [0, 1]; conv potential and discriminator; reference U[0, 0.5]" if images
+            else f"vectors in R^{shape}; MLP potential and discriminator; reference N(0, I)")
+    return config, (f"data {config.dataset}: {len(ds.train) + len(ds.heldout)} {what}; {len(ds.train)} training "
+                    f"and {len(ds.heldout)} held-out samples; sha256 {config.data_hash}")
+
+
 def load_config_dataset(config: Config) -> Dataset:
-    """The data set named by `config`; ConfigError when its sample shape is not config.data_shape or a
-    split is empty (too small num_samples)."""
+    """The data set named by `config`; ConfigError when its sample shape is not config.data_shape, a split
+    is empty (too small num_samples) or own data no longer match the recorded data_hash."""
+    if is_data_path(config.dataset) and config.data_hash and os.path.exists(config.dataset):
+        now = data_fingerprint(config.dataset)
+        if now != config.data_hash:
+            raise ConfigError(f"data {config.dataset} changed since this run was configured (sha256 "
+                              f"{config.data_hash}, now {now}); train on it in a new workdir")
     ds = load_dataset(config.dataset, seed=config.seed, embed_dim=config.embed_dim or None,
                       data_dir=config.data_dir or None, num_samples=config.num_samples or None)
     if tuple(ds.sample_shape) != tuple(config.data_shape):
