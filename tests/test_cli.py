@@ -87,6 +87,19 @@ def test_train_resume_sample_evaluate(trained, tmp_path):
     assert np.isfinite(report["energy_distance"]) and np.isfinite(report["sliced_w2"])
 
 
+def test_out_of_memory_is_one_line_that_says_what_to_lower(trained):
+    """10^9 2-D samples (8 GB per array) under a 12 GiB address-space limit: the allocation fails."""
+    import resource
+
+    cwd, run = trained
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, 12 * 2**30))  # noqa: E731
+    proc = subprocess.run([sys.executable, "-m", "w12_jax", "sample", "--workdir", str(run), "--n", str(10**9),
+                           "--out", str(cwd / "huge.npz")], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    line = stderr_line(proc)
+    assert line.startswith("w12: error: out of memory (") and line.endswith("; lower --n"), line
+
+
 def test_sample_output_names_are_the_file_asked_for():
     from w12_jax.cli import output_paths
 

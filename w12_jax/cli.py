@@ -274,3 +274,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, TrainingDiverged) as e:  # ConfigError, DataError, CheckpointError, ...
         print(f"w12: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        _forget_failed_computation()
+        print(f"w12: error: out of memory ({_memory_detail(e)}); {OUT_OF_MEMORY_HINTS[args.command]}",
+              file=sys.stderr)
+        return 1
+
+
+def _forget_failed_computation() -> None:
+    """Drop JAX's runtime tokens of the computation that failed: its exit hook would raise the error again."""
+    try:
+        from jax._src import dispatch
+
+        dispatch.runtime_tokens.clear()
+    except (ImportError, AttributeError):
+        pass
+
+
+OUT_OF_MEMORY_HINTS = {"sample": "lower --n", "evaluate": "lower --n",
+                       "train": "lower batch_size (or n_critic, or the network sizes) with --set",
+                       "presets": "close other programs"}
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or an XLA runtime error that reports an allocation failure."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text)
+
+
+def _memory_detail(e: BaseException) -> str:
+    import re
+
+    m = re.search(r"allocating (\d+) bytes", str(e))
+    return f"{int(m.group(1)) / 2**30:.3g} GiB requested" if m else type(e).__name__
