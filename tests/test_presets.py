@@ -63,16 +63,16 @@ def test_presets_command_lists_every_preset(capsys):
     assert len(PRESETS) == 1 + 4 + 2 + len(LOWDIM_DATASETS) * 3 * (4 + 2)
 
 
-def test_readme_preset_tables_match_the_presets():
-    """Every preset has a row in docs/presets.md (MNIST presets also in the README) whose lam, gp_weight
-    (— without a critic's penalty) and iterations are the preset's."""
+def test_preset_table_matches_the_presets():
+    """Every preset has a row in docs/presets.md whose lam, gp_weight (— without a critic's penalty) and
+    iterations are the preset's."""
     import re
     from pathlib import Path
 
     from w12_jax.presets import PRESETS
 
     root = Path(__file__).resolve().parents[1]
-    for doc, names in [("docs/presets.md", list(PRESETS)), ("README.md", [n for n in PRESETS if n.startswith("mnist")])]:
+    for doc, names in [("docs/presets.md", list(PRESETS))]:
         text = (root / doc).read_text()
         rows = {m[0]: m[1:] for m in re.findall(
             r"^\| `([\w-]+)` \| [^|]+ \| ([\d.e-]+) \| ([\d.e-]+|—) \| (\d+) \|$", text, flags=re.M)}
