@@ -58,6 +58,31 @@ def digit_rows_figure(grids: dict, row_labels: Sequence[str], path: str) -> str:
     return path
 
 
+def digit_quality(classifier, accuracy, dataset):
+    """quality(x_T) -> {frechet_distance, class_entropy} of digits x_T (clipped to [0, 1]) in the features of
+    the digit classifier, against the data set's held-out and training digits."""
+    import numpy as np
+
+    from w12_jax import metrics
+
+    def quality(x_T):
+        q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, dataset.heldout, dataset.train)
+        return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
+
+    return quality
+
+
+def write_results(out: str, results: dict, text: str, stem: str = "") -> None:
+    """out/results<stem>.json and out/README<stem>.md, and the markdown on stdout."""
+    import json
+
+    with open(os.path.join(out, f"results{stem}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, f"README{stem}.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -10,8 +10,8 @@ head). Every flow
 is measured at the main job's 2400 iterations; I-CFM and OT-CFM are then trained on, to the iterations that
 take the main job's time, from the seconds per iteration of every method measured side by side in this
 process. Samplers: Euler at 1, 2, 5, 20 NFE and Dopri5 (rtol = atol = 1e-4), from the same x0; Fréchet
-distance and class entropy on the project's digit classifier, deviation from the fine solve (Euler T/320),
-kinetic energy over the straight-line bound and straightness on the fine path.
+distance and class entropy on the project's digit classifier, deviation from the fine solve (the Dopri5
+samples), kinetic energy over the straight-line bound and straightness on the Dopri5 path.
 Low-dimensional: W1⊕W2, I-CFM and OT-CFM with the W1⊕W2 preset's networks on the manifolds experiment's CPU
 schedule (2000 iterations, 10x the paper's learning rates); energy distance to held-out data and mass off
 the 2-D manifold at 1 and 5 NFE.
@@ -29,9 +29,9 @@ import time
 import jax
 import numpy as np
 
-from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table, \
-    train_or_diverge
-from experiments.few_step import FINE_STEPS, measured
+from experiments.common import RESULTS, RUNS, command_line, digit_quality, digit_rows_figure, machine, \
+    markdown_table, train_or_diverge, write_results
+from experiments.few_step import cached
 from w12_jax import metrics
 from w12_jax.config import Config
 from w12_jax.data import sample_batches
@@ -44,7 +44,8 @@ from w12_jax.train import init_train_state, make_train_step
 # method -> (label, config); the W1⊕W2 runs are experiments.few_step's (main, straight)
 MNIST_METHODS = {
     "w1w2": ("W1⊕W2 (main job)", get_preset("mnist5k")),
-    "w1w2-straight": ("W1⊕W2 + velocity penalty 50", dataclasses.replace(get_preset("mnist5k"), velocity_weight=50.0)),
+    "w1w2-straight": ("W1⊕W2 + velocity penalty 50",
+                      dataclasses.replace(get_preset("mnist5k"), velocity_weight=50.0)),
     "icfm": ("I-CFM", get_preset("mnist5k-cfm")),
     "otcfm": ("OT-CFM", get_preset("mnist5k-otcfm")),
     "otcfm-direct": ("OT-CFM, direct velocity network",
@@ -54,10 +55,36 @@ EQUAL_TIME = ("icfm", "otcfm")  # trained on to the main job's CPU time (default
 LOWDIM_METHODS = {"w1w2": "W1⊕W2", "cfm": "I-CFM", "otcfm": "OT-CFM"}  # preset suffixes
 
 
+EULER_NFE = (1, 2, 5, 20)
+REFERENCE = ("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})  # the fine solve
+PATH_POINTS = 65  # times of the reference path kept for the kinetic energy and straightness
+
+
 def mnist_samplers(T: float) -> list[tuple[str, dict]]:
     """(label, `sample` kwargs): Euler at 1, 2, 5, 20 NFE and Dopri5 with rtol = atol = 1e-4."""
-    out = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 5, 20)]
-    return out + [("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})]
+    return [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in EULER_NFE] + [REFERENCE]
+
+
+def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> dict:
+    """{"flow": KE / straight-line bound and straightness on the Dopri5 path (PATH_POINTS times),
+    "samplers": {label: nfe, deviation from the Dopri5 samples, **quality}}, cached in workdir/compare.json."""
+    def compute():
+        net, params = make_flow_network(cfg), state.potential_ema
+        ref = sample(net, params, x0, T=cfg.T, lam=cfg.lam, save_points=PATH_POINTS, **REFERENCE[1])
+        path, x_ref = np.asarray(ref.path), np.asarray(ref.x_T)
+        ke = float(metrics.path_kinetic_energy(path, cfg.T))
+        bound = float(metrics.straight_line_bound(path[0], path[-1], cfg.T))
+        flow = {"kinetic_energy": ke, "straight_line_bound": bound, "ke_over_bound": ke / bound,
+                "straightness_ratio": float(metrics.straightness_ratio(path))}
+        out = {}
+        for label, kw in mnist_samplers(cfg.T):
+            x_T, nfe = ((x_ref, int(ref.nfe)) if label == REFERENCE[0] else
+                        (np.asarray((r := sample(net, params, x0, T=cfg.T, lam=cfg.lam, **kw)).x_T), int(r.nfe)))
+            dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), x_ref.reshape(len(x_ref), -1)))
+            out[label] = {"nfe": nfe, "deviation": dev, **quality(x_T)}
+        return {"flow": flow, "samplers": out}
+
+    return cached(workdir, {"step": int(state.step), "n": len(x0), "reference": REFERENCE[0]}, compute, "compare.json")
 
 
 def seconds_per_iteration(configs: dict[str, Config], iterations: int = 10, rounds: int = 3) -> dict[str, float]:
@@ -111,7 +138,7 @@ def mnist(args) -> tuple[dict, dict]:
         json.dump(per_it, f)
     main_iterations = MNIST_METHODS["w1w2"][1].iterations
     budget = main_iterations * per_it["w1w2"]
-    ds = load_config_dataset(MNIST_METHODS["w1w2"][1])
+    quality = digit_quality(classifier, accuracy, load_config_dataset(MNIST_METHODS["w1w2"][1]))
     results, grids = {"seconds_per_iteration": per_it, "budget_seconds": budget}, {}
     for method in args.methods:
         label, base = MNIST_METHODS[method]
@@ -132,11 +159,8 @@ def mnist(args) -> tuple[dict, dict]:
             params = state.potential_ema
             x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every flow
 
-            def quality(x_T):
-                q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
-                return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
-
-            flow, per_sampler = measured(workdir, cfg, state, x0, quality, mnist_samplers(cfg.T), "compare.json")
+            report = measure(workdir, cfg, state, x0, quality)
+            flow, per_sampler = report["flow"], report["samplers"]
             seconds = iterations * per_it[method]
             results[name] = {"method": label, "iterations": iterations, "config": cfg.to_dict(), "status": status,
                              "seconds_at_side_by_side_rate": seconds, "training_seconds_as_run":
@@ -168,7 +192,7 @@ def lowdim(args) -> dict:
     from experiments.manifolds import config_for
 
     schedule = argparse.Namespace(full=False, iterations=2000)
-    rows, results = [], {}
+    results = {}
     for dataset in ("moons", "pinwheel"):
         for dim in (2, 7, 12):
             stem = f"{dataset}{'' if dim == 2 else f'{dim}d'}"
@@ -240,11 +264,12 @@ def main(argv=None):
         per_it = results["mnist"]["seconds_per_iteration"]
         header = ["method", "iterations", "sampler", "NFE", "Fréchet", "class entropy", "deviation vs fine",
                   "KE / bound", "straightness", "CPU s"]
-        text += (f"## MNIST (mnist5k)\n\nSeconds per iteration, side by side in one process: "
+        text += ("## MNIST (mnist5k)\n\nSeconds per iteration, side by side in one process: "
                  + ", ".join(f"{m} {s:.3f}" for m, s in per_it.items())
                  + f". CPU s = iterations × that rate (the main job's 2400 iterations: "
                  f"{results['mnist']['budget_seconds']:.0f} s). {args.n} samples from the same x0 per sampler; "
-                 f"deviation against Euler with {FINE_STEPS} steps; KE / bound and straightness on that path.\n\n"
+                 f"deviation: mean|x_T − x_T^dopri5| over the mean distance between independent samples; KE / bound "
+                 f"and straightness on the Dopri5 path ({PATH_POINTS} times).\n\n"
                  f"{markdown_table(header, mnist_rows(results['mnist']))}\n\nDigits: one row per flow, one panel "
                  f"per sampler, the same x0.\n\n![digits](digits.png)\n")
     if "lowdim" in results:
@@ -253,11 +278,7 @@ def main(argv=None):
         text += (f"\n## Moons and pinwheel in 2-D, 7-D, 12-D\n\n2000 iterations each (the manifolds experiment's "
                  f"CPU schedule); 2000 samples, energy distance to 2000 held-out points, off-manifold mass = mean "
                  f"norm of the padded coordinates.\n\n{markdown_table(header, lowdim_rows(results['lowdim']))}\n")
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results(args.out, results, text)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ W1-only at h = 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
-from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table
+from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table, write_results
 from w12_jax import metrics
 from w12_jax.checkpoint import Checkpointer
 from w12_jax.loop import generate, load_config_dataset
@@ -83,11 +82,7 @@ def main(argv=None):
             f"{markdown_table(header, rows)}\n\n"
             f"- [{'x' if check else ' '}] W1⊕W2 deviates less than W1-only at h = 1: "
             f"{dev_h1['w1w2']:.4f} vs {dev_h1['w1']:.4f}\n\n![Figure 3](figure3.png)\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results(args.out, results, text)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table, \
-    train_or_diverge
+from experiments.common import RESULTS, RUNS, command_line, digit_quality, digit_rows_figure, machine, \
+    markdown_table, train_or_diverge, write_results
 from w12_jax import metrics
 from w12_jax.config import Config, with_case
 from w12_jax.loop import generate, load_config_dataset
@@ -152,7 +152,7 @@ def parse_iterations(items: list[str]) -> dict:
 def mnist(args) -> tuple[list, dict, dict]:
     classifier, accuracy = metrics.load_or_train_classifier()
     base = get_preset("mnist5k")
-    ds = load_config_dataset(base)
+    quality = digit_quality(classifier, accuracy, load_config_dataset(base))
     rows, results, grids = [], {}, {}
     for variant in args.variants:
         iterations = args.iterations.get(variant, args.iterations.get(None))
@@ -163,10 +163,6 @@ def mnist(args) -> tuple[list, dict, dict]:
             continue
         params = state.potential_ema
         x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
-
-        def quality(x_T):
-            q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
-            return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
 
         flow, per_sampler = measured(workdir, cfg, state, x0, quality)
         results[variant] = {"description": VARIANTS[variant][0], "iterations": cfg.iterations,
@@ -246,11 +242,7 @@ def main(argv=None):
         text += (f"\n## Moons and pinwheel in 12-D\n\nThe W1⊕W2 preset on the manifolds experiment's CPU "
                  f"schedule (2000 iterations, 10x the paper's learning rates); 2000 samples, energy distance to "
                  f"2000 held-out points.\n\n{markdown_table(header, low_rows)}\n")
-    with open(os.path.join(args.out, f"results{stem}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, f"README{stem}.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results(args.out, results, text, stem)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def main(argv=None):
                     continue
                 report = evaluate(cfg, state.potential_ema, ds, num_samples=2000)
                 reports[name] = {"status": status, **report}
-                rows.append([dataset, dim, case, f"{cfg.iterations} its", AUTHORS_SINKHORN.get((dataset, dim, case), "–")]
+                rows.append([dataset, dim, case, f"{cfg.iterations} its",
+                             AUTHORS_SINKHORN.get((dataset, dim, case), "–")]
                             + [report.get(c, "–") for c in COLUMNS])
                 _, res = generate(cfg, state.potential_ema, 300, save_points=cfg.num_steps + 1)
                 path = np.asarray(res.path)

@@ -33,7 +33,8 @@ def test_ot_pairing_is_the_hungarian_assignment(n, shape):
 
 def test_icfm_minimiser_for_two_gaussians_is_recovered_by_a_quadratic_potential():
     """x0 ~ N(0, s0² I), y ~ N(m, s1² I) independent: (u, x_t) jointly Gaussian, so at τ = t/T
-    E[(y − x0)/T | x_t = x] = m/T + a(τ)(x − τ m), a(τ) = (τ s1² − (1 − τ) s0²) / (T((1 − τ)² s0² + τ² s1²)).
+    E[(y − x0)/T | x_t = x] = m/T + a(τ)(x − τ m),
+    a(τ) = (τ s1² − (1 − τ) s0²) / (T((1 − τ)² s0² + τ² s1²)).
     U(x, t_j) = −lam(a_j |x|²/2 + b_j·x) trained by `cfm_loss` at three times recovers a_j and b_j."""
     s0, s1, T, lam, d, n = 1.0, 0.5, 2.0, 0.1, 2, 60_000
     m = jnp.array([1.5, -1.0])
@@ -81,8 +82,8 @@ def test_interpolant_ends_at_the_pair_and_moves_at_the_target_speed():
 
 
 CFM = Config(dataset="moons", data_shape=(3,), embed_dim=3, architecture="mlp", reference="gaussian",
-             potential_hidden=(16, 16), potential_activation="tanh", discriminator_hidden=(8,), batch_size=16, n_critic=1, T=1.0, dt=0.25,
-             lam=0.5, objective="otcfm")
+             potential_hidden=(16, 16), potential_activation="tanh", discriminator_hidden=(8,), batch_size=16,
+             n_critic=1, T=1.0, dt=0.25, lam=0.5, objective="otcfm")
 
 
 def test_flow_matching_step_on_four_devices_matches_one_and_pairs_by_ot():

@@ -108,6 +108,16 @@ class ScalarMLP(nn.Module):
         return nn.Dense(1)(h)[:, 0]
 
 
+def features_and_time(module, x, t):
+    """Conv features of x (if module.conv_channels) or x flattened, with t appended: (B, F + 1). Called in
+    the compact `__call__` of `module`, so the conv layers are its submodule ConvFeatures_0."""
+    if module.conv_channels:
+        h = ConvFeatures(module.conv_channels, module.conv_kernel, module.space_to_depth)(x)
+    else:
+        h = x.reshape(x.shape[0], -1)
+    return jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
+
+
 class Potential(nn.Module):
     """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP."""
 
@@ -119,12 +129,7 @@ class Potential(nn.Module):
 
     @nn.compact
     def __call__(self, x, t):
-        if self.conv_channels:
-            h = ConvFeatures(self.conv_channels, self.conv_kernel, self.space_to_depth)(x)
-        else:
-            h = x.reshape(x.shape[0], -1)
-        h = jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
-        return ScalarMLP(self.hidden, self.activation)(h)
+        return ScalarMLP(self.hidden, self.activation)(features_and_time(self, x, t))
 
 
 class VelocityField(nn.Module):
@@ -140,11 +145,7 @@ class VelocityField(nn.Module):
 
     @nn.compact
     def __call__(self, x, t):
-        if self.conv_channels:
-            h = ConvFeatures(self.conv_channels, self.conv_kernel, self.space_to_depth)(x)
-        else:
-            h = x.reshape(x.shape[0], -1)
-        h = jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
+        h = features_and_time(self, x, t)
         act = ACTIVATION_FNS[self.activation]
         for width in self.hidden:
             h = act(nn.Dense(width)(h))
