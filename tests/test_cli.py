@@ -89,13 +89,13 @@ def test_train_resume_sample_evaluate(trained, tmp_path):
 
 def test_out_of_memory_is_one_line_that_says_what_to_lower(trained):
     """10^9 2-D samples (8 GB per array) under a 12 GiB address-space limit: the allocation fails."""
-    import resource
+    import shlex
 
     cwd, run = trained
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, 12 * 2**30))  # noqa: E731
-    proc = subprocess.run([sys.executable, "-m", "w12_jax", "sample", "--workdir", str(run), "--n", str(10**9),
-                           "--out", str(cwd / "huge.npz")], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          preexec_fn=limit)
+    command = shlex.join([sys.executable, "-m", "w12_jax", "sample", "--workdir", str(run), "--n", str(10**9),
+                          "--out", str(cwd / "huge.npz")])
+    proc = subprocess.run(["bash", "-c", f"ulimit -v {12 * 2**20} && exec {command}"], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
     line = stderr_line(proc)
     assert line.startswith("w12: error: out of memory (") and line.endswith("; lower --n"), line
 
