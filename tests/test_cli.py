@@ -88,16 +88,19 @@ def test_train_resume_sample_evaluate(trained, tmp_path):
 
 
 def test_out_of_memory_is_one_line_that_says_what_to_lower(trained):
-    """10^9 2-D samples (8 GB per array) under a 12 GiB address-space limit: the allocation fails."""
+    """10^8 2-D samples (0.8 GB per array, ~13 GB with the activations) under a 12 GiB address-space limit."""
     import shlex
 
     cwd, run = trained
-    command = shlex.join([sys.executable, "-m", "w12_jax", "sample", "--workdir", str(run), "--n", str(10**9),
+    command = shlex.join([sys.executable, "-m", "w12_jax", "sample", "--workdir", str(run), "--n", str(10**8),
                           "--out", str(cwd / "huge.npz")])
     proc = subprocess.run(["bash", "-c", f"ulimit -v {12 * 2**20} && exec {command}"], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
     line = stderr_line(proc)
-    assert line.startswith("w12: error: out of memory (") and line.endswith("; lower --n"), line
+    # the allocation fails inside XLA ("out of memory (...); lower --n"), or the pre-check refuses first when
+    # this machine has less free memory than the request's lower bound
+    assert line.startswith("w12: error: ") and "lower --n" in line, line
+    assert line.startswith("w12: error: out of memory (") or "GiB available" in line, line
 
 
 def test_sample_output_names_are_the_file_asked_for():

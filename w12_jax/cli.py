@@ -170,6 +170,7 @@ def cmd_sample(args) -> int:
     image = len(config.data_shape) == 3
     n = args.n or (64 if image else 1000)
     save_points = None if image else min(config.num_steps, 64) + 1
+    check_memory(n, config, (save_points or 1) + 3)
     x0, res = generate(config, state.potential_ema, n, seed=args.seed, solver=solver, dt=dt,
                        num_steps=num_steps, save_points=save_points)
     nfe = int(res.nfe)
@@ -211,6 +212,7 @@ def cmd_evaluate(args) -> int:
 
     _positive("--n", args.n)
     state, config = _restore(args.workdir)
+    check_memory(args.n or config.eval_samples, config, config.num_steps + 5)
     ds = load_config_dataset(config)
     if config.dataset in DIGIT_DATASETS and not classifier_cache_path().is_file():
         print(f"training the digit classifier once (cached in {classifier_cache_path()})", flush=True)
@@ -281,6 +283,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"w12: error: out of memory ({_memory_detail(e)}); {OUT_OF_MEMORY_HINTS[args.command]}",
               file=sys.stderr)
         return 1
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of physical memory available now (Linux), or None where unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n: int, config, copies: int) -> None:
+    """ConfigError (one line: lower --n) when n samples cannot fit: a lower bound of 4 bytes × n × (copies
+    sample-sized arrays + 4 activations per hidden unit of U). XLA:CPU allocates without failing and the
+    operating system then kills the process, so this is checked before sampling."""
+    import math
+
+    per_sample = 4 * (copies * math.prod(config.data_shape) + 4 * sum(config.potential_hidden))
+    need, have = n * per_sample, available_memory()
+    if have is not None and need > have:
+        raise ConfigError(f"--n {n} needs at least {need / 2**30:.3g} GiB for the samples and the network's "
+                          f"activations, more than the {have / 2**30:.3g} GiB available; lower --n "
+                          f"(at most about {max(1, have // per_sample)})")
 
 
 def _forget_failed_computation() -> None:
