@@ -145,10 +145,11 @@ def mnist(args) -> tuple[dict, dict]:
         stages = [main_iterations]
         if method in args.equal_time:
             stages.append(int(round(budget / per_it[method], -2)))
-        workdir = {"w1w2": os.path.join(RUNS, "few_step", "mnist", "main"),
-                   "w1w2-straight": os.path.join(RUNS, "few_step", "mnist", "straight")}.get(
-                       method, os.path.join(runs, method))
         for iterations in stages:
+            # each stage in its own workdir: a resumed longer run never stands in for the shorter one
+            workdir = {"w1w2": os.path.join(RUNS, "few_step", "mnist", "main"),
+                       "w1w2-straight": os.path.join(RUNS, "few_step", "mnist", "straight")}.get(
+                           method, os.path.join(runs, method + ("" if iterations == stages[-1] else f"-{iterations}")))
             cfg = dataclasses.replace(base, iterations=iterations, checkpoint_every=min(iterations, 2400),
                                       sample_every=min(iterations, 2400))
             state, status = train_or_diverge(cfg, workdir)
