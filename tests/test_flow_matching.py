@@ -51,7 +51,7 @@ def test_icfm_minimiser_for_two_gaussians_is_recovered_by_a_quadratic_potential(
             return -lam * (0.5 * a * jnp.sum(x**2) + jnp.dot(b, x))
 
         v = lambda x, _: -jax.vmap(jax.grad(u))(x, j) / lam  # noqa: E731
-        return cfm_loss(v, x0, y, t, T)
+        return cfm_loss(v, x0, y, t, T)[0]
 
     params = {"a": jnp.zeros(3), "b": jnp.zeros((3, d))}
     opt = optax.adam(optax.exponential_decay(0.05, 300, 0.3))

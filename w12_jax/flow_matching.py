@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from ott.geometry import pointcloud
 from ott.tools import unreg
 
+from w12_jax.mfg import chord_points
+
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, *shape), t (B,)) -> (B, *shape)
 
 
@@ -30,13 +32,14 @@ def ot_permutation(x0, y):
 
 
 def interpolate(x0, y, t, T: float):
-    """(x_t, target): x_t = x0 + (t/T)(y − x0) on the straight line, target = (y − x0)/T; t (B,)."""
-    s = (t / T).reshape((-1,) + (1,) * (x0.ndim - 1))
-    return x0 + s * (y - x0), (y - x0) / T
+    """(x_t, target): x_t = x0 + (t/T)(y − x0) on the straight line (`mfg.chord_points`), target = (y − x0)/T;
+    t (B,)."""
+    return chord_points(x0, y, t, T), (y - x0) / T
 
 
 def cfm_loss(v: Velocity, x0, y, t, T: float):
-    """mean_i |v(x_t^i, t_i) − (y^i − x0^i)/T|² (squared norm over the sample's axes)."""
+    """(mean_i |v(x_t^i, t_i) − (y^i − x0^i)/T|² (squared norm over the sample's axes), v(x_t, t))."""
     x_t, target = interpolate(x0, y, t, T)
-    err = (v(x_t, t) - target).reshape(x0.shape[0], -1)
-    return jnp.mean(jnp.sum(err ** 2, axis=-1))
+    v_t = v(x_t, t)
+    err = (v_t - target).reshape(x0.shape[0], -1)
+    return jnp.mean(jnp.sum(err ** 2, axis=-1)), v_t

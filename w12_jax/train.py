@@ -179,9 +179,7 @@ def flow_matching_iteration(config: Config, state: TrainState, data: jax.Array, 
     t = jax.random.uniform(k_t, (B,), x0.dtype, 0.0, T)
 
     def loss_fn(params):
-        v = velocity(network, params, config.lam)
-        x_t, _ = flow_matching.interpolate(x0, y, t, T)
-        return flow_matching.cfm_loss(v, x0, y, t, T), v(x_t, t)
+        return flow_matching.cfm_loss(velocity(network, params, config.lam), x0, y, t, T)
 
     (loss, v_t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.potential_params)
     updates, opt_u_state = opt_u.update(grads, state.potential_opt_state, state.potential_params)
