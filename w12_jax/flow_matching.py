@@ -14,9 +14,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import pointcloud
-from ott.tools import unreg
-
 from w12_jax.mfg import chord_points
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, *shape), t (B,)) -> (B, *shape)
@@ -24,6 +21,9 @@ Velocity = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, *shape), t (B,)
 
 def ot_permutation(x0, y):
     """perm (B,) such that (x0_i, y_perm[i]) is the exact OT pairing of x0 and y (B, *shape) for |x0 − y|²."""
+    from ott.geometry import pointcloud  # imported here: ott takes seconds to import, and only OT-CFM needs it
+    from ott.tools import unreg
+
     b = x0.shape[0]
     geom = pointcloud.PointCloud(x0.reshape(b, -1), y.reshape(b, -1))  # squared Euclidean cost
     _, out = unreg.hungarian(geom)
