@@ -56,6 +56,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
                  lambda c: dataclasses.replace(c, dt=c.T, chord_weight=10.0)),
     "chord": ("chord penalty, chord_weight 10", lambda c: dataclasses.replace(c, chord_weight=10.0)),
     "terminal": ("terminal penalty, terminal_weight 1", lambda c: dataclasses.replace(c, terminal_weight=1.0)),
+    "grids": ("Euler grids of 1, 2 or 5 steps drawn per iteration in training (train_steps=1,2,5)",
+              lambda c: dataclasses.replace(c, train_steps=(1, 2, 5))),
+    "straight-grids": ("velocity_weight 50 and train_steps=1,2,5",
+                       lambda c: dataclasses.replace(straight(c), train_steps=(1, 2, 5))),
 }
 DEFAULT_VARIANTS = ("main", "straight", "w1")
 

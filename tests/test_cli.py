@@ -188,7 +188,7 @@ def test_divergence_stops_with_one_line_and_keeps_last_checkpoint(tmp_path):
     proc = w12("train", "--set", *TINY, "iterations=50", "checkpoint_every=1", "case=none", "lam=1e-4",
                "lr_potential=1e6", "lr_discriminator=1e6", "--workdir", "run", "--no-progress", cwd=tmp_path)
     line = stderr_line(proc)
-    m = re.search(r"training diverged at iteration (\d+): (\w+) (is|holds)", line)
+    m = re.search(r"training diverged by iteration (\d+): (\w+) (is|holds)", line)
     assert m, line
     it, what = int(m.group(1)), m.group(2)
     assert 1 < it < 50 and what in METRICS + STATE_PARTS

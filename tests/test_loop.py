@@ -151,3 +151,29 @@ def test_image_run_writes_grids_and_evaluates(tmp_path):
     report = evaluate(cfg, state.potential_params, load_config_dataset(cfg))
     assert report["num_samples"] == 16 and report["nfe"] == 2 and report["nonfinite_samples"] == 0
     assert report["nearest_train_distance"] > 0 and "energy_distance" not in report
+
+
+def test_train_steps_trains_each_iteration_on_its_drawn_grid(tmp_path):
+    """train_steps=(1, 2): iteration i runs the step of on_grid(config, grid_of(config, i)); the draw is a
+    pure function of (seed, i), both grids occur, and the loop equals that sequence of steps exactly."""
+    from w12_jax.data import sample_batches
+    from w12_jax.loop import load_config_dataset
+    from w12_jax.train import grid_of, on_grid
+
+    cfg = dataclasses.replace(TINY, train_steps=(1, 2), iterations=10, checkpoint_every=10)
+    grids = [grid_of(cfg, i) for i in range(400)]
+    assert grids == [grid_of(cfg, i) for i in range(400)] and 0.4 < grids.count(1) / 400 < 0.6
+    assert grids != [grid_of(dataclasses.replace(cfg, seed=1), i) for i in range(400)]
+    assert len(set(grids[:10])) == 2  # both grids within the run below
+    looped = train_and_evaluate(cfg, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
+    ds = load_config_dataset(cfg)
+    steps = {k: make_train_step(on_grid(cfg, k), devices=jax.devices()[:1]) for k in (1, 2)}
+    state = init_train_state(cfg)
+    for i in range(cfg.iterations):
+        state, _ = steps[grids[i]](state, sample_batches(ds.train, seed=cfg.seed, step=i, num_batches=cfg.n_critic,
+                                                         batch_size=cfg.batch_size))
+    assert leaves_equal(looped, state)
+    with pytest.raises(ConfigError, match="train_steps"):
+        dataclasses.replace(cfg, train_steps=(0, 2))
+    with pytest.raises(ConfigError, match="train_steps"):
+        dataclasses.replace(cfg, objective="icfm")

@@ -168,7 +168,7 @@ def test_divergence_message_holds_the_last_finite_metrics(tmp_path):
     rc, _, err = _main(["train", "--preset", PRESET, "--set", *SETS, "iterations=50", "case=none", "lam=1e-4",
                         "lr_potential=1e6", "lr_discriminator=1e6", "--workdir", tmp_path / "run", "--no-progress"])
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
-    m = re.fullmatch(r"w12: error: training diverged at iteration (\d+): (\w+) (?:is \S+|holds NaN or Inf); "
+    m = re.fullmatch(r"w12: error: training diverged by iteration (\d+): (\w+) (?:is \S+|holds NaN or Inf); "
                      r"last finite metrics \(iteration (\d+)\): (.*); last good checkpoint: iteration (\d+) in \S+",
                      err.strip())
     assert m, err
@@ -179,6 +179,23 @@ def test_divergence_message_holds_the_last_finite_metrics(tmp_path):
     shown = dict(part.split("=") for part in shown.split(", "))
     assert set(shown) == {"divergence", "kinetic_energy", "hj_residual", "terminal_residual"}, shown
     assert all(float(v) == float(f"{rec[-2][k]:.4g}") for k, v in shown.items()), (shown, rec[-2])
+    state, _ = restore(tmp_path / "run")
+    assert int(state.step) == kept
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state))
+
+
+def test_divergence_between_logged_iterations_never_reaches_a_checkpoint(tmp_path):
+    """The loop checks the state only on logged iterations and before every save: with log_every=10 and a
+    checkpoint every 3 iterations, the divergence is caught at a check, and the kept checkpoint is finite."""
+    sets = [s for s in SETS if not s.startswith(("log_every", "checkpoint_every"))]
+    rc, _, err = _main(["train", "--preset", PRESET, "--set", *sets, "log_every=10", "checkpoint_every=3",
+                        "iterations=50", "case=none", "lam=1e-4", "lr_potential=1e6", "lr_discriminator=1e6",
+                        "--workdir", tmp_path / "run", "--no-progress"])
+    m = re.search(r"training diverged by iteration (\d+): .*last good checkpoint: iteration (\d+) in", err)
+    assert rc == 1 and m, err
+    it, kept = int(m[1]), int(m[2])
+    assert it % 3 == 0 or it % 10 == 0, it  # found at a save or a logged iteration
+    assert kept % 3 == 0 and kept < it
     state, _ = restore(tmp_path / "run")
     assert int(state.step) == kept
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state))

@@ -50,6 +50,7 @@ class Config:
     # the problem: min_v D_f^{Gamma_L}(rho_T || pi) + lam * int E|v|^2/2 dt
     T: float = 5.0
     dt: float = 1.0  # Euler step h; K = T / h steps
+    train_steps: tuple[int, ...] = ()  # each iteration trains on K Euler steps drawn from these; () = T / dt
     lam: float = 0.05
     L: float = 1.0
     gp_weight: float = 0.1  # mu
@@ -167,6 +168,11 @@ def _validate(cfg: Config) -> None:
     if round(k) > MAX_EULER_STEPS:
         raise ConfigError(f"T={cfg.T:g} and dt={cfg.dt:g} give T/dt={k:g} Euler steps, "
                           f"more than {MAX_EULER_STEPS}; raise dt or lower T")
+    if any(k < 1 or k > MAX_EULER_STEPS for k in cfg.train_steps):
+        raise ConfigError(f"train_steps must be step counts in 1..{MAX_EULER_STEPS}, got {cfg.train_steps}")
+    if cfg.train_steps and cfg.objective != "mfg":
+        raise ConfigError("train_steps draws the Euler grid of the MFG objective's flow; flow matching "
+                          f"(objective={cfg.objective!r}) integrates no flow in training")
     for name in ("beta1", "beta2", "ema_decay"):
         v = getattr(cfg, name)
         if not 0 <= v < 1:

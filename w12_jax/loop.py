@@ -43,7 +43,7 @@ from w12_jax.networks import make_flow_network
 from w12_jax.reference import sample_reference
 from w12_jax.sample import SampleResult, sample
 from w12_jax.train import (METRICS, TrainState, data_sharding, global_array, init_train_state, make_mesh,
-                           make_train_step)
+                           grid_of, make_train_step, on_grid)
 
 # Fields that may change when a run is resumed (schedule and logging only, not the problem or networks).
 RESUMABLE_CHANGES = ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples", "data_dir")
@@ -109,17 +109,18 @@ def load_config_dataset(config: Config) -> Dataset:
 
 # -------------------------------------------------------------------------------------- sampling
 def generate(config: Config, params, n: int, *, seed: int = 0, solver="euler", dt: Optional[float] = None,
-             num_steps: Optional[int] = None, save_points: Optional[int] = None) -> tuple[np.ndarray, SampleResult]:
+             num_steps: Optional[int] = None, rtol: Optional[float] = None,
+             save_points: Optional[int] = None) -> tuple[np.ndarray, SampleResult]:
     """(x0, result): n samples from the trained flow; x0 ~ rho_0 drawn from PRNGKey(seed).
 
-    Defaults to the training integrator (Euler with step config.dt). save_points: number of equally spaced
-    times in [0, T] at which the path is also returned.
+    Defaults to the training integrator (Euler with step config.dt); rtol: adaptive steps with
+    rtol = atol. save_points: number of equally spaced times in [0, T] at which the path is also returned.
     """
-    if dt is None and num_steps is None:
+    if dt is None and num_steps is None and rtol is None:
         dt = config.dt
     x0 = sample_reference(config, jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_KEY), (n,))
     res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, solver=solver, dt=dt,
-                 num_steps=num_steps, save_points=save_points)
+                 num_steps=num_steps, rtol=rtol, atol=rtol, save_points=save_points)
     return np.asarray(x0), res
 
 
@@ -264,10 +265,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
 
     # everything that can be wrong with the request is checked before the workdir is touched
     ds = load_config_dataset(config)
-    step_fn = make_train_step(config, devices)
-    # iterations that are not logged skip the INDICATOR_METRICS (same parameters, ~8 % less work)
-    lean_fn = make_train_step(config, devices, indicators=False) if (config.log_every > 1
-                                                                      and config.objective == "mfg") else None
+    # one compiled step per training grid K (train_steps draws one per iteration on the host); iterations that
+    # are not logged skip the INDICATOR_METRICS (same parameters, ~8 % less work)
+    grids = sorted(set(config.train_steps)) if config.train_steps else [config.num_steps]
+    lean_too = config.log_every > 1 and config.objective == "mfg"
+    step_fns = {k: (make_train_step(on_grid(config, k), devices),
+                    make_train_step(on_grid(config, k), devices, indicators=False) if lean_too else None)
+                for k in grids}
     mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -328,14 +332,17 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
         say(f"note: the MLP potential's first layer ({config.potential_hidden[0]}) is narrower than the data "
             f"({dim}), so the flow moves samples only within a {config.potential_hidden[0]}-dim subspace")
     t0 = time.perf_counter()  # compile ahead of time, so that compilation is timed on its own
-    compiled = lean = None
+    compiled = {}  # (K, logged) -> compiled step
     if start < config.iterations:
-        compiled = step_fn.jitted.lower(state, batch(start)).compile()
-        lean = lean_fn.jitted.lower(state, batch(start)).compile() if lean_fn is not None else compiled
+        for k, (step_fn, lean_fn) in step_fns.items():
+            compiled[k, True] = step_fn.jitted.lower(state, batch(start)).compile()
+            compiled[k, False] = (lean_fn.jitted.lower(state, batch(start)).compile() if lean_fn is not None
+                                  else compiled[k, True])
     session["compile_seconds"] = time.perf_counter() - t0
-    if compiled is not None:
-        say(f"compiled the training step{'s' if lean is not compiled else ''} in "
-            f"{session['compile_seconds']:.1f} s on {len(mesh.devices.flat)} {jax.default_backend()} device(s)")
+    if compiled:
+        n = len(set(map(id, compiled.values())))
+        say(f"compiled {n} training step{'s' if n > 1 else ''} in {session['compile_seconds']:.1f} s on "
+            f"{len(mesh.devices.flat)} {jax.default_backend()} device(s)")
     if is_main:
         _write_json(info_path, info)
 
@@ -347,17 +354,28 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
                           "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     plain_log = progress and is_main and bar.disable  # no terminal: one stdout line per checkpoint instead
     log_file = open(metrics_path, "a") if is_main else None
-    last_good: dict = {}
+    last_good: dict = {}  # the metrics of the latest checked iteration, all finite
+    good_iteration = start
     shown: dict = {}  # the latest value of every metric (indicators: from the latest logged iteration)
     t_train = time.perf_counter()
     try:
         with _InterruptFlag(say) as interrupt:
+            data = batch(start) if start < config.iterations else None
             for i in range(start, config.iterations):
-                logged = (i + 1) % config.log_every == 0 or i + 1 == config.iterations
-                state, metrics = (compiled if logged else lean)(state, batch(i))
-                metrics, finite = jax.device_get((metrics, _finite_parts(state)))
-                metrics = {k: float(v) for k, v in metrics.items()}
                 it = i + 1
+                logged = it % config.log_every == 0 or it == config.iterations
+                state, metrics = compiled[grid_of(config, i), logged](state, data)  # dispatched, not waited for
+                if it < config.iterations:
+                    data = batch(it)  # the next batch is drawn on the host while the device runs this step
+                bar.update(1)
+                save = it % config.checkpoint_every == 0 or it == config.iterations or interrupt.set
+                figure = is_main and it % config.sample_every == 0 and it < config.iterations
+                if not (logged or save or figure):
+                    continue  # no device→host transfer: the device stays busy with the queued steps
+                # checked iterations: every logged one, and every one before a save, so that a non-finite
+                # state never reaches a checkpoint
+                metrics, finite = jax.device_get((metrics, _finite_parts(state)))
+                metrics = {k: float(v) for k, v in metrics.items()} if logged else {}
                 bad = [k for k in metrics if not np.isfinite(metrics[k])]
                 bad_parts = [p for p in STATE_PARTS if not finite[p]]
                 if log_file is not None and (logged or bad or bad_parts):
@@ -368,22 +386,23 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
                     what = f"{bad[0]} is {metrics[bad[0]]}" if bad else f"{bad_parts[0]} holds NaN or Inf"
                     ckpt.wait()
                     kept = ckpt.latest_step()
-                    last = (f"last finite metrics (iteration {it - 1}): {_format(last_good, dict(LIVE_METRICS))}"
-                            if last_good else "no finite iteration before it")
+                    last = (f"last finite metrics (iteration {good_iteration}): "
+                            f"{_format(last_good, dict(LIVE_METRICS))}" if last_good else "no finite iteration before it")
                     where = (f"last good checkpoint: iteration {kept} in {ckpt_dir}" if kept is not None
                              else "no checkpoint was saved")
-                    raise TrainingDiverged(f"training diverged at iteration {it}: {what}; {last}; {where}")
-                last_good = shown = {**shown, **metrics}
-                bar.update(1)
-                if not bar.disable:
-                    bar.set_postfix_str(", ".join(f"{short}={shown[k]:.3g}" for k, short in LIVE_METRICS
-                                                  if k in shown), refresh=False)
+                    raise TrainingDiverged(f"training diverged by iteration {it}: {what}; {last}; {where}")
+                if logged:
+                    last_good = shown = {**shown, **metrics}
+                    good_iteration = it
+                    if not bar.disable:
+                        bar.set_postfix_str(", ".join(f"{short}={shown[k]:.3g}" for k, short in LIVE_METRICS
+                                                      if k in shown), refresh=False)
                 if it % config.checkpoint_every == 0 and it < config.iterations:
                     ckpt.save(state, config)
                     if plain_log:
                         print(f"iteration {it}/{config.iterations}: {_format(shown, dict(LIVE_METRICS))}; "
                               f"checkpoint saved", flush=True)
-                if is_main and it % config.sample_every == 0 and it < config.iterations:
+                if figure:
                     write_samples_figure(config, state.potential_ema,
                                          os.path.join(workdir, "samples", f"step_{it:06d}.png"),
                                          data=ds.heldout, title=f"{config.dataset} {config.method}, iteration {it}",

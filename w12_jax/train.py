@@ -9,6 +9,8 @@ drawn at its global shape before sharding, so 1 and N devices see the same numbe
 
 from __future__ import annotations
 
+import dataclasses
+
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -51,6 +53,20 @@ def learning_rate(config: Config, lr: float, updates: int) -> optax.ScalarOrSche
     if config.lr_schedule == "cosine":
         return optax.cosine_decay_schedule(lr, updates)
     return lr
+
+
+def grid_of(config: Config, iteration: int) -> int:
+    """K, the Euler steps of the training flow at `iteration`: T/dt, or with train_steps one of them drawn
+    uniformly by np.random.default_rng([seed, iteration, 1]) (a pure function of (seed, iteration))."""
+    if not config.train_steps:
+        return config.num_steps
+    return int(config.train_steps[np.random.default_rng([config.seed, iteration, 1]).integers(
+        len(config.train_steps))])
+
+
+def on_grid(config: Config, num_steps: int) -> Config:
+    """config with the training flow on K = num_steps Euler steps (dt = T/K, train_steps cleared)."""
+    return dataclasses.replace(config, dt=config.T / num_steps, train_steps=())
 
 
 def make_optimizers(config: Config):
@@ -217,6 +233,9 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
 
     if config.objective != "mfg":
         return flow_matching_iteration(config, state, data, shard)
+    if config.train_steps:
+        raise ConfigError(f"train_steps={config.train_steps}: the grid of each iteration is drawn on the host; "
+                          "train on on_grid(config, grid_of(config, iteration)) (the training loop does)")
     key = jax.random.fold_in(state.key, state.step)
     k_ref_critic, k_gp, k_ref_u = jax.random.split(key, 3)
 
