@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--n", type=int, default=None, help="number of samples (default: config eval_samples)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--solver", default="euler", help="as for sample (default: Euler with the training step)")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--nfe", type=int, default=None, help="number of evaluations of ∇U (sets the step count)")
+    step.add_argument("--rtol", type=float, default=None, help="adaptive steps with rtol = atol = RTOL")
+    p.add_argument("--out", default=None, help="the report's JSON file (default <workdir>/evaluation.json)")
     return parser
 
 
@@ -148,7 +153,7 @@ def cmd_sample(args) -> int:
     from w12_jax import plots
     from w12_jax.data import DataError
     from w12_jax.loop import generate, load_config_dataset
-    from w12_jax.sample import evaluations_per_step, get_solver
+    from w12_jax.sample import get_solver
 
     _positive("--n", args.n)
     if args.out is not None:
@@ -159,12 +164,7 @@ def cmd_sample(args) -> int:
     state, config = _restore(args.workdir)
     num_steps, dt = None, args.dt
     if args.nfe is not None:
-        per_step, extra = evaluations_per_step(solver)
-        steps, rem = divmod(args.nfe - extra, per_step)
-        if rem or steps < 1:
-            raise ConfigError(f"--nfe {args.nfe} is not reachable with solver {args.solver}: "
-                              f"NFE = {per_step}·steps + {extra}, steps >= 1")
-        num_steps = steps
+        num_steps = steps_for_nfe(args.solver, args.nfe)
     elif dt is None:
         dt = config.dt
     image = len(config.data_shape) == 3
@@ -196,6 +196,18 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def steps_for_nfe(solver_name: str, nfe: int) -> int:
+    """The fixed step count at which `solver_name` evaluates ∇U `nfe` times (ConfigError if none does)."""
+    from w12_jax.sample import evaluations_per_step, get_solver
+
+    per_step, extra = evaluations_per_step(get_solver(solver_name))
+    steps, rem = divmod(nfe - extra, per_step)
+    if rem or steps < 1:
+        raise ConfigError(f"--nfe {nfe} is not reachable with solver {solver_name}: "
+                          f"NFE = {per_step}·steps + {extra}, steps >= 1")
+    return steps
+
+
 def output_paths(out: str) -> tuple[str, str]:
     """(arrays .npz, picture .png) of `w12 sample --out FILE`: FILE itself, and the other beside it."""
     stem, suffix = os.path.splitext(out)
@@ -210,15 +222,23 @@ def cmd_evaluate(args) -> int:
     from w12_jax.metrics import classifier_cache_path
     from w12_jax.loop import load_config_dataset
 
+    from w12_jax.sample import get_solver
+
     _positive("--n", args.n)
+    get_solver(args.solver)
+    num_steps = steps_for_nfe(args.solver, args.nfe) if args.nfe is not None else None
+    if args.rtol is not None and not 0 < args.rtol < 1:
+        raise ConfigError(f"--rtol must be in (0, 1), got {args.rtol}")
     state, config = _restore(args.workdir)
-    check_memory(args.n or config.eval_samples, config, config.num_steps + 5)
+    check_memory(args.n or config.eval_samples, config, (num_steps or config.num_steps) + 5)
     ds = load_config_dataset(config)
     if config.dataset in DIGIT_DATASETS and not classifier_cache_path().is_file():
         print(f"training the digit classifier once (cached in {classifier_cache_path()})", flush=True)
     report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case, "method": config.method,
-              **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed)}
-    path = os.path.join(args.workdir, "evaluation.json")
+              **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed, solver=args.solver,
+                         num_steps=num_steps, rtol=args.rtol)}
+    path = args.out or os.path.join(args.workdir, "evaluation.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")

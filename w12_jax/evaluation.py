@@ -24,8 +24,13 @@ ONE_STEP_KEYS = ("energy_distance", "off_manifold_mass", "frechet_distance", "cl
 
 
 def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[int] = None, seed: int = 0,
-             classifier_cache: Optional[str] = None) -> dict:
+             classifier_cache: Optional[str] = None, solver: str = "euler", num_steps: Optional[int] = None,
+             rtol: Optional[float] = None) -> dict:
     """A flat dict of floats describing `num_samples` (default config.eval_samples) generated samples.
+
+    Sampler: `solver` (a `sample.get_solver` name) with `num_steps` fixed steps, or adaptive with
+    rtol = atol = `rtol`; default Euler with the training step config.dt. The path diagnostics use the
+    solver's steps (fixed) or 65 equally spaced times (adaptive).
 
     Always: nfe, kinetic_energy (Σ_k h·mean ½|v_k|² of the Euler path), straight_line_bound,
     straightness_ratio (1 iff straight), straightness_deviation (0 iff straight, constant speed).
@@ -40,12 +45,19 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     from w12_jax.loop import generate  # the loop owns the sampling defaults
 
     n = int(num_samples or config.eval_samples)
-    x0, res = generate(config, params, n, seed=seed, save_points=config.num_steps + 1)
+    if rtol is not None:
+        steps, save_points = None, 65
+    else:
+        steps = num_steps or config.num_steps
+        save_points = steps + 1
+    x0, res = generate(config, params, n, seed=seed, solver=solver, num_steps=steps, rtol=rtol,
+                       save_points=save_points)
     x_T, path = np.asarray(res.x_T), np.asarray(res.path)
     out = {
         "num_samples": n,
-        "solver": "euler",
-        "dt": config.dt,
+        "solver": solver.lower(),
+        "dt": config.T / steps if steps else None,
+        "rtol": rtol,
         "nfe": int(res.nfe),
         "kinetic_energy": float(metrics.path_kinetic_energy(path, config.T)),
         "straight_line_bound": float(metrics.straight_line_bound(x0, x_T, config.T)),
