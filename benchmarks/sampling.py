@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from w12_jax.config import Config
+from w12_jax.config import Config, override, parse_assignment
 from w12_jax.networks import make_potential
 from w12_jax.reference import sample_reference
 from w12_jax.sample import sample
@@ -28,8 +28,7 @@ SETTINGS = [("euler", {"num_steps": 1}), ("euler", {"num_steps": 5}), ("euler", 
             ("dopri5", {"num_steps": 5}), ("dopri5", {"rtol": 1e-3, "atol": 1e-3})]
 
 
-def run(n: int, repeats: int):
-    config = Config()
+def run(n: int, repeats: int, config: Config = Config()):
     potential, params = make_potential(config), init_train_state(config).potential_params
     x0 = sample_reference(config, jax.random.PRNGKey(0), (n,))
     rows = []
@@ -55,8 +54,9 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/sampling.json")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config changes (networks)")
     args = parser.parse_args(argv)
-    result = run(args.n, args.repeats)
+    result = run(args.n, args.repeats, override(Config(), dict(map(parse_assignment, args.set))))
     print(f"{'solver':<8} {'setting':<22} {'NFE':>5} {'samples/s':>11} {'temp MiB':>9}")
     for r in result["rows"]:
         setting = ", ".join(f"{k}={v}" for k, v in r.items() if k in ("num_steps", "rtol", "atol"))

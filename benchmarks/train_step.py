@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from w12_jax.config import Config
+from w12_jax.config import Config, override, parse_assignment
 from w12_jax.flow import euler_flow, scalar_potential
 from w12_jax.networks import make_potential
 from w12_jax.reference import sample_reference
@@ -108,26 +108,33 @@ def baseline_seconds(config, state, data, repeats):
     return median_seconds(lambda: jax.block_until_ready(baseline_step(state, data)), repeats)
 
 
-def run(config: Config, repeats: int):
+def run(config: Config, repeats: int, torch: bool = True, quick: bool = False):
     devices = jax.devices()[:1]
     data = np.random.default_rng(0).uniform(0, 1, (config.n_critic, config.batch_size) + config.data_shape)
     data = data.astype(np.float32)
     state = init_train_state(config)
 
     optimized, compile_seconds, flops = compiled_seconds(config, state, data, devices, repeats)
-    batched_flow, _, _ = compiled_seconds(config, state, data, devices, repeats, batched_critic_flow=True)
-    no_indicators, _, _ = compiled_seconds(config, state, data, devices, repeats, indicators=False)
-    baseline = baseline_seconds(dataclasses.replace(config, conv_space_to_depth=False), state, data, repeats)
+    nan = float("nan")
+    batched_flow, _, _ = (nan,) * 3 if quick else compiled_seconds(config, state, data, devices, repeats,
+                                                                   batched_critic_flow=True)
+    no_indicators, _, _ = (nan,) * 3 if quick else compiled_seconds(config, state, data, devices, repeats,
+                                                                    indicators=False)
+    baseline = nan if quick else baseline_seconds(dataclasses.replace(config, conv_space_to_depth=False), state,
+                                                  data, repeats)
     baseline_library_layers = baseline_seconds(config, state, data, repeats)
     peak = matmul_peak_flops()
+    torch_seconds, torch_version = float("nan"), "not run (--no-torch)"
     try:  # the same outer iteration in PyTorch eager, if the `bench` extra is installed
-        from benchmarks.torch_step import seconds_per_iteration
+        if torch:
+            from benchmarks.torch_step import seconds_per_iteration
 
-        torch_seconds, torch_version = seconds_per_iteration(config.batch_size, config.n_critic, repeats)
+            torch_seconds, torch_version = seconds_per_iteration(config.batch_size, config.n_critic, repeats)
     except ImportError:
-        torch_seconds, torch_version = float("nan"), "not installed"
+        torch_version = "not installed"
     return {
         "device": str(devices[0].device_kind), "platform": platform.platform(), "jax": jax.__version__,
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "batch_size": config.batch_size, "n_critic": config.n_critic, "num_steps": config.num_steps,
         "repeats": repeats, "compile_seconds": compile_seconds,
         "optimized_seconds": optimized, "optimized_batched_critic_flow_seconds": batched_flow,
@@ -147,9 +154,14 @@ def main(argv=None):
     parser.add_argument("--n-critic", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other config changes")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the compiled step and the separately jitted updates on the same layers")
     args = parser.parse_args(argv)
-    config = dataclasses.replace(Config(), batch_size=args.batch_size, n_critic=args.n_critic)
-    result = run(config, args.repeats)
+    config = override(dataclasses.replace(Config(), batch_size=args.batch_size, n_critic=args.n_critic),
+                      dict(map(parse_assignment, args.set)))
+    result = run(config, args.repeats, torch=not args.no_torch, quick=args.quick)
     width = max(map(len, result))
     for k, v in result.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
