@@ -4,6 +4,7 @@ straightness; scatter plots of the first two coordinates with trajectories.
 
     python -m experiments.manifolds              # CPU schedule
     python -m experiments.manifolds --full       # the paper's 25000 iterations at lr 2e-5 / 1e-4
+    python -m experiments.manifolds --full --only pinwheel-12d-w1w2 moons-12d-w1   # some of the 18 runs
 
 The CPU schedule trains `--iterations` (default 2000) outer iterations at 10x the paper's learning rates.
 """
@@ -50,6 +51,9 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--out", default=os.path.join(RESULTS, "manifolds"))
+    names = [f"{d}-{m}d-{c}" for d in DATASETS for m in DIMS for c in CASES]
+    parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", default=names,
+                        help="runs to train and report, named DATA-Dd-CASE (e.g. pinwheel-12d-w1w2); default all")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -61,9 +65,12 @@ def main(argv=None):
             for ci, case in enumerate(CASES):
                 cfg = config_for(dataset, dim, case, args)
                 name = f"{dataset}-{dim}d-{case}"
+                ax = axes[di * len(DIMS) + mi, ci]
+                if name not in args.only:
+                    ax.set_axis_off()
+                    continue
                 state, status = train_or_diverge(cfg, os.path.join(RUNS, "manifolds" + ("-full" if args.full else ""),
                                                                    name))
-                ax = axes[di * len(DIMS) + mi, ci]
                 ds = load_config_dataset(cfg)
                 ax.scatter(ds.heldout[:2000, 0], ds.heldout[:2000, 1], s=1, c="0.75")
                 if state is None:
