@@ -218,10 +218,9 @@ def output_paths(out: str) -> tuple[str, str]:
 
 
 def cmd_evaluate(args) -> int:
-    from w12_jax.evaluation import DIGIT_DATASETS, evaluate
+    from w12_jax.evaluation import DIGIT_DATASETS, evaluate, path_points
     from w12_jax.metrics import classifier_cache_path
     from w12_jax.loop import load_config_dataset
-
     from w12_jax.sample import get_solver
 
     _positive("--n", args.n)
@@ -230,7 +229,7 @@ def cmd_evaluate(args) -> int:
     if args.rtol is not None and not 0 < args.rtol < 1:
         raise ConfigError(f"--rtol must be in (0, 1), got {args.rtol}")
     state, config = _restore(args.workdir)
-    check_memory(args.n or config.eval_samples, config, (num_steps or config.num_steps) + 5)
+    check_memory(args.n or config.eval_samples, config, path_points(config, num_steps, args.rtol) + 4)
     ds = load_config_dataset(config)
     if config.dataset in DIGIT_DATASETS and not classifier_cache_path().is_file():
         print(f"training the digit classifier once (cached in {classifier_cache_path()})", flush=True)

@@ -23,6 +23,15 @@ ONE_STEP_KEYS = ("energy_distance", "off_manifold_mass", "frechet_distance", "cl
                  "nearest_train_distance")  # reported again, prefixed one_step_, for one Euler step from x0
 
 
+ADAPTIVE_PATH_POINTS = 65  # equally spaced times at which an adaptive solve's path is kept for the diagnostics
+
+
+def path_points(config: Config, num_steps: Optional[int] = None, rtol: Optional[float] = None) -> int:
+    """Points of the path that `evaluate` keeps: every step of a fixed-step solve (num_steps, default
+    T/dt, + 1), or ADAPTIVE_PATH_POINTS when adaptive (rtol given)."""
+    return ADAPTIVE_PATH_POINTS if rtol is not None else (num_steps or config.num_steps) + 1
+
+
 def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[int] = None, seed: int = 0,
              classifier_cache: Optional[str] = None, solver: str = "euler", num_steps: Optional[int] = None,
              rtol: Optional[float] = None) -> dict:
@@ -30,7 +39,7 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
 
     Sampler: `solver` (a `sample.get_solver` name) with `num_steps` fixed steps, or adaptive with
     rtol = atol = `rtol`; default Euler with the training step config.dt. The path diagnostics use the
-    solver's steps (fixed) or 65 equally spaced times (adaptive).
+    solver's steps (fixed) or ADAPTIVE_PATH_POINTS equally spaced times (adaptive).
 
     Always: nfe, kinetic_energy (Σ_k h·mean ½|v_k|² of the Euler path), straight_line_bound,
     straightness_ratio (1 iff straight), straightness_deviation (0 iff straight, constant speed).
@@ -45,13 +54,9 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     from w12_jax.loop import generate  # the loop owns the sampling defaults
 
     n = int(num_samples or config.eval_samples)
-    if rtol is not None:
-        steps, save_points = None, 65
-    else:
-        steps = num_steps or config.num_steps
-        save_points = steps + 1
+    steps = None if rtol is not None else num_steps or config.num_steps
     x0, res = generate(config, params, n, seed=seed, solver=solver, num_steps=steps, rtol=rtol,
-                       save_points=save_points)
+                       save_points=path_points(config, num_steps, rtol))
     x_T, path = np.asarray(res.x_T), np.asarray(res.path)
     out = {
         "num_samples": n,

@@ -14,6 +14,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
 from w12_jax.mfg import chord_points
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, *shape), t (B,)) -> (B, *shape)

@@ -10,7 +10,6 @@ drawn at its global shape before sharding, so 1 and N devices see the same numbe
 from __future__ import annotations
 
 import dataclasses
-
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -65,8 +64,10 @@ def grid_of(config: Config, iteration: int) -> int:
 
 
 def on_grid(config: Config, num_steps: int) -> Config:
-    """config with the training flow on K = num_steps Euler steps (dt = T/K, train_steps cleared)."""
-    return dataclasses.replace(config, dt=config.T / num_steps, train_steps=())
+    """config with the training flow on K = num_steps Euler steps (dt = T/K, train_steps cleared); dt stays
+    the config's own when it already gives K steps, so a run without train_steps trains on exactly its config."""
+    dt = config.dt if num_steps == config.num_steps else config.T / num_steps
+    return dataclasses.replace(config, dt=dt, train_steps=())
 
 
 def make_optimizers(config: Config):
