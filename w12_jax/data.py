@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import os
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
@@ -535,6 +536,24 @@ def load_dataset(
     return Dataset(name, train, held, train_y, held_y, *IMAGE_REFERENCE)
 
 
+def batch_sampler(
+    array: np.ndarray, *, seed: int, num_batches: int, batch_size: int
+) -> Callable[[int], np.ndarray]:
+    """draw(step) = `sample_batches(array, seed=seed, step=step, ...)`, validated once: the training loop's
+    per-iteration draw, with no argument checks on the hot path."""
+    array = np.asarray(array)
+    if array.ndim < 1 or array.shape[0] == 0:
+        raise DataError(f"cannot sample batches from an empty array of shape {array.shape}")
+    seed = _check_int("seed", seed, 0)
+    shape = (_check_int("num_batches", num_batches, 1), _check_int("batch_size", batch_size, 1))
+    n = array.shape[0]
+
+    def draw(step: int) -> np.ndarray:
+        return array[np.random.default_rng([seed, step]).integers(0, n, shape)]
+
+    return draw
+
+
 def sample_batches(
     array: np.ndarray, *, seed: int, step: int, num_batches: int, batch_size: int
 ) -> np.ndarray:
@@ -543,15 +562,8 @@ def sample_batches(
     Rows drawn uniformly with replacement by np.random.default_rng([seed, step]) — a pure function
     of (seed, step), so a resumed run sees the same batches.
     """
-    array = np.asarray(array)
-    if array.ndim < 1 or array.shape[0] == 0:
-        raise DataError(f"cannot sample batches from an empty array of shape {array.shape}")
-    seed = _check_int("seed", seed, 0)
-    step = _check_int("step", step, 0)
-    num_batches = _check_int("num_batches", num_batches, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    idx = np.random.default_rng([seed, step]).integers(0, array.shape[0], (num_batches, batch_size))
-    return array[idx]
+    draw = batch_sampler(array, seed=seed, num_batches=num_batches, batch_size=batch_size)
+    return draw(_check_int("step", step, 0))
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:
