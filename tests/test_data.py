@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from w12_jax import data
-from w12_jax.data import DataError, load_dataset, read_idx, sample_batches
+from w12_jax.data import DataError, batch_sampler, load_dataset, read_idx, sample_batches
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -344,6 +344,10 @@ def test_sample_batches_pure_in_seed_and_step():
     many = np.concatenate([sample_batches(x, seed=0, step=s, num_batches=1, batch_size=50)
                            for s in range(40)])
     assert len(rows(many.reshape(-1, 3))) == 50
+    # The loop's sampler, checked once, draws the same rows.
+    draw = batch_sampler(x, seed=4, num_batches=5, batch_size=7)
+    np.testing.assert_array_equal(draw(10), b)
+    np.testing.assert_array_equal(draw(11), sample_batches(x, seed=4, step=11, num_batches=5, batch_size=7))
 
 
 def test_sample_batches_bad_arguments():
