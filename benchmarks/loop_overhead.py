@@ -7,10 +7,12 @@ Side by side in one process, alternating, after compiling everything:
   every log_every-th iteration, the lean step otherwise, as the loop does), one wait at the end;
 - `bare + sync`: the same with the metrics and the finiteness check fetched to the host every iteration
   (what the loop did before it synced only on logged iterations);
-- `scan of log_every`: log_every lean steps in one compiled call (`jax.lax.scan` over stacked batches);
+- `scan of log_every − 1`: log_every − 1 lean steps in one compiled call (`jax.lax.scan` over stacked
+  batches), then one logged step;
 - `loop`: `train_and_evaluate` with its progress bar, batches drawn on the host from (seed, step), the
   metrics file, the divergence guard; checkpoints and sample figures only at the end (outside the timing:
-  the run's own `train_seconds`).
+  the run's own `train_seconds`);
+- `loop, steps_per_call=log_every − 1`: the same, the unlogged iterations in scanned blocks.
 Overhead = loop − bare. Timings are not asserted; on a GPU the absolute numbers mean something, on a CPU the
 differences do.
 """
@@ -93,14 +95,19 @@ def main(argv=None):
     for fn in (step, lean):  # compile and warm up
         jax.block_until_ready(fn(state, batches[0]))
     jax.block_until_ready(scanned(state, stacked))
-    loop_seconds(dataclasses.replace(config, iterations=2 * config.log_every))  # warm the loop's caches
+    blocks = dataclasses.replace(config, steps_per_call=config.log_every - 1)
+    for c in (config, blocks):  # warm the loop's caches
+        loop_seconds(dataclasses.replace(c, iterations=2 * config.log_every))
 
-    times = {"bare": [], "bare + sync": [], f"scan of {config.log_every}": [], "loop": []}
+    times = {"bare": [], "bare + sync": [], f"scan of {config.log_every - 1}": [], "loop": [],
+             f"loop, steps_per_call={blocks.steps_per_call}": []}
     for _ in range(args.repeats):
         times["bare"].append(bare_seconds(config, step, lean, state, batches, sync=False))
         times["bare + sync"].append(bare_seconds(config, step, lean, state, batches, sync=True))
-        times[f"scan of {config.log_every}"].append(scan_seconds(config, scanned, step, state, stacked, batches))
+        times[f"scan of {config.log_every - 1}"].append(
+            scan_seconds(config, scanned, step, state, stacked, batches))
         times["loop"].append(loop_seconds(config))
+        times[f"loop, steps_per_call={blocks.steps_per_call}"].append(loop_seconds(blocks))
     ms = {k: 1e3 * float(np.median(v)) / config.iterations for k, v in times.items()}
     result = {"preset": args.preset, "iterations": config.iterations, "repeats": args.repeats,
               "log_every": config.log_every, "ms_per_iteration": ms,

@@ -43,6 +43,11 @@ def straight(cfg: Config) -> Config:
     return dataclasses.replace(cfg, velocity_weight=50.0)
 
 
+def warm_start(cfg: Config, warmup: int) -> Config:
+    """cfg after `warmup` OT-CFM iterations of U (`cfm_warmup`); `iterations` counts the MFG iterations."""
+    return dataclasses.replace(cfg, cfm_warmup=warmup, iterations=cfg.iterations + warmup)
+
+
 # variant name -> (description, change of the base config); the base is the main job (MNIST) or the
 # W1⊕W2 low-dimensional preset on the manifolds experiment's CPU schedule
 VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
@@ -60,6 +65,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
               lambda c: dataclasses.replace(c, train_steps=(1, 2, 5))),
     "straight-grids": ("velocity_weight 50 and train_steps=1,2,5",
                        lambda c: dataclasses.replace(straight(c), train_steps=(1, 2, 5))),
+    "warm": ("OT-CFM warm start: the first 1500 iterations train U by OT-CFM (cfm_warmup=1500)",
+             lambda c: warm_start(c, 1500)),
+    "warm-straight": ("OT-CFM warm start (cfm_warmup=1500) and velocity_weight 50",
+                      lambda c: warm_start(straight(c), 1500)),
 }
 DEFAULT_VARIANTS = ("main", "straight", "w1")
 
@@ -130,10 +139,10 @@ def measured(workdir: str, cfg: Config, state, x0: np.ndarray, quality: Callable
 def train_variant(base: Config, variant: str, iterations: int | None, group: str):
     """(config, state or None, status, training seconds, workdir) of `variant` of `base`, trained in its own
     workdir."""
+    if iterations:  # MFG iterations: a warm-started variant adds its OT-CFM iterations
+        base = dataclasses.replace(base, iterations=iterations, checkpoint_every=min(base.checkpoint_every, iterations),
+                                   sample_every=min(base.sample_every, iterations))
     cfg = VARIANTS[variant][1](base)
-    if iterations:
-        cfg = dataclasses.replace(cfg, iterations=iterations, checkpoint_every=min(cfg.checkpoint_every, iterations),
-                                  sample_every=min(cfg.sample_every, iterations))
     workdir = os.path.join(RUNS, "few_step", group, variant + (f"-{iterations}" if iterations else ""))
     state, status = train_or_diverge(cfg, workdir)
     with open(os.path.join(workdir, "run_info.json")) as f:

@@ -177,3 +177,46 @@ def test_train_steps_trains_each_iteration_on_its_drawn_grid(tmp_path):
         dataclasses.replace(cfg, train_steps=(0, 2))
     with pytest.raises(ConfigError, match="train_steps"):
         dataclasses.replace(cfg, objective="icfm")
+
+
+def test_cfm_warmup_trains_u_by_otcfm_then_the_mfg_objective(tmp_path):
+    """cfm_warmup=3: iterations 0-2 run the OT-CFM step of phase_config(config, WARMUP), which leaves the
+    critic at its initial parameters, and the rest the MFG step; the loop equals that sequence exactly."""
+    from w12_jax.data import sample_batches
+    from w12_jax.loop import load_config_dataset
+    from w12_jax.train import WARMUP, phase_config, phase_of
+
+    cfg = dataclasses.replace(TINY, cfm_warmup=3, iterations=5, checkpoint_every=5)
+    assert [phase_of(cfg, i) for i in range(5)] == [WARMUP] * 3 + [cfg.num_steps] * 2
+    looped = train_and_evaluate(cfg, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
+    ds = load_config_dataset(cfg)
+    steps = {p: make_train_step(phase_config(cfg, p), devices=jax.devices()[:1]) for p in (WARMUP, cfg.num_steps)}
+    state = init = init_train_state(cfg)
+    for i in range(cfg.iterations):
+        state, _ = steps[phase_of(cfg, i)](state, sample_batches(ds.train, seed=cfg.seed, step=i,
+                                                                 num_batches=cfg.n_critic, batch_size=cfg.batch_size))
+        if i == cfg.cfm_warmup - 1:
+            assert leaves_equal(state.discriminator_params, init.discriminator_params)
+            assert not leaves_equal(state.potential_params, init.potential_params)
+    assert leaves_equal(looped, state)
+    assert not leaves_equal(state.discriminator_params, init.discriminator_params)
+    for bad, match in ((dict(cfm_warmup=5), "leaves none"), (dict(cfm_warmup=-1), ">= 0"),
+                       (dict(objective="icfm"), "warm-starts")):
+        with pytest.raises(ConfigError, match=match):
+            dataclasses.replace(cfg, **bad)
+
+
+def test_steps_per_call_runs_unchecked_iterations_in_scanned_blocks(tmp_path):
+    """steps_per_call=4, log_every=5, 10 iterations: iterations 1-4 and 6-9 run as two scanned calls, 5 and
+    10 alone (logged); the parameters match 10 single steps, and the metrics file has the same records."""
+    cfg = dataclasses.replace(TINY, iterations=10, log_every=5, checkpoint_every=10, sample_every=10)
+    single = train_and_evaluate(cfg, str(tmp_path / "single"), devices=jax.devices()[:1], progress=False)
+    scanned = train_and_evaluate(dataclasses.replace(cfg, steps_per_call=4), str(tmp_path / "scanned"),
+                                 devices=jax.devices()[:1], progress=False)
+    assert int(scanned.step) == 10
+    for a, b in zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(scanned)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert [r["iteration"] for r in records(tmp_path / "scanned")] == [5, 10]
+    calls = [json.loads((tmp_path / run / "run_info.json").read_text())["sessions"][-1]["compiled_calls"]
+             for run in ("single", "scanned")]
+    assert calls == [10, 4]

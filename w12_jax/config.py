@@ -67,6 +67,10 @@ class Config:
     # flow matching of the same network, "icfm" (independent pairs) or "otcfm" (exact minibatch OT pairs)
     objective: str = "mfg"
     velocity_field: str = "potential"  # v = −∇U/lam, or "direct": v(x, t) from the trunk with a d-dim head (CFM)
+    # warm start of the MFG objective: its first cfm_warmup iterations train U alone by OT-CFM (exact minibatch
+    # OT pairs, Adam(0.9, 0.999) at lr cfm_warmup_lr, the flow-matching presets' optimizer); 0 = off
+    cfm_warmup: int = 0
+    cfm_warmup_lr: float = 5e-4
     # optimisation
     n_critic: int = 5  # n_D (flow matching: 1 block of data per iteration, the last of n_critic)
     batch_size: int = 200
@@ -91,6 +95,8 @@ class Config:
     discriminator_activation: str = "relu"
     # loop
     log_every: int = 10
+    # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
+    steps_per_call: int = 1
     checkpoint_every: int = 500
     sample_every: int = 500
     eval_samples: int = 1000
@@ -156,8 +162,8 @@ def _validate(cfg: Config) -> None:
                           "objective's HJ residual and terminal condition are defined through the potential U")
     _one_of("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
-              "iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples",
-              "conv_kernel", "reference_scale")
+              "iterations", "log_every", "steps_per_call", "checkpoint_every", "sample_every", "eval_samples",
+              "conv_kernel", "reference_scale", "cfm_warmup_lr")
     for name in ("gp_weight",) + PENALTY_WEIGHTS:
         v = getattr(cfg, name)
         if not (v >= 0 and math.isfinite(v)):
@@ -170,6 +176,14 @@ def _validate(cfg: Config) -> None:
                           f"more than {MAX_EULER_STEPS}; raise dt or lower T")
     if any(k < 1 or k > MAX_EULER_STEPS for k in cfg.train_steps):
         raise ConfigError(f"train_steps must be step counts in 1..{MAX_EULER_STEPS}, got {cfg.train_steps}")
+    if cfg.cfm_warmup < 0:
+        raise ConfigError(f"cfm_warmup must be >= 0, got {cfg.cfm_warmup}")
+    if cfg.cfm_warmup and cfg.objective != "mfg":
+        raise ConfigError(f"cfm_warmup warm-starts the MFG objective by OT-CFM; objective={cfg.objective!r} "
+                          "is flow matching throughout")
+    if cfg.cfm_warmup >= cfg.iterations:
+        raise ConfigError(f"cfm_warmup={cfg.cfm_warmup} leaves none of the {cfg.iterations} iterations to the "
+                          "MFG objective; raise iterations or lower cfm_warmup")
     if cfg.train_steps and cfg.objective != "mfg":
         raise ConfigError("train_steps draws the Euler grid of the MFG objective's flow; flow matching "
                           f"(objective={cfg.objective!r}) integrates no flow in training")

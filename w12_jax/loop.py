@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from importlib import metadata
 from typing import Optional, Sequence
 
@@ -42,11 +43,12 @@ from w12_jax.data import Dataset, batch_sampler, data_fingerprint, is_data_path,
 from w12_jax.networks import make_flow_network
 from w12_jax.reference import sample_reference
 from w12_jax.sample import SampleResult, sample
-from w12_jax.train import (METRICS, TrainState, data_sharding, global_array, init_train_state, make_mesh,
-                           grid_of, make_train_step, on_grid)
+from w12_jax.train import (METRICS, WARMUP, TrainState, data_sharding, global_array, init_train_state,
+                           make_mesh, make_scanned_steps, make_train_step, phase_config, phase_of)
 
 # Fields that may change when a run is resumed (schedule and logging only, not the problem or networks).
-RESUMABLE_CHANGES = ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_samples", "data_dir")
+RESUMABLE_CHANGES = ("iterations", "log_every", "steps_per_call", "checkpoint_every", "sample_every",
+                     "eval_samples", "data_dir")
 LIVE_METRICS = (("divergence", "div"), ("cfm_loss", "cfm"), ("kinetic_energy", "KE"), ("hj_residual", "HJ"),
                 ("terminal_residual", "term"))
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "orbax-checkpoint", "numpy")
@@ -265,13 +267,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
 
     # everything that can be wrong with the request is checked before the workdir is touched
     ds = load_config_dataset(config)
-    # one compiled step per training grid K (train_steps draws one per iteration on the host); iterations that
-    # are not logged skip the INDICATOR_METRICS (same parameters, ~8 % less work)
-    grids = sorted(set(config.train_steps)) if config.train_steps else [config.num_steps]
-    lean_too = config.log_every > 1 and config.objective == "mfg"
-    step_fns = {k: (make_train_step(on_grid(config, k), devices),
-                    make_train_step(on_grid(config, k), devices, indicators=False) if lean_too else None)
-                for k in grids}
+    # one compiled step per phase: the OT-CFM warm-up (cfm_warmup), and each training grid K (train_steps draws
+    # one per iteration on the host); iterations that are not logged skip the INDICATOR_METRICS (same
+    # parameters, ~8 % less work)
+    phases = ([WARMUP] if config.cfm_warmup else []) + sorted(set(config.train_steps or [config.num_steps]))
+    step_fns = {}
+    for phase in phases:
+        cfg = phase_config(config, phase)
+        lean_too = config.log_every > 1 and cfg.objective == "mfg"
+        step_fns[phase] = (make_train_step(cfg, devices),
+                           make_train_step(cfg, devices, indicators=False) if lean_too else None)
     mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -328,9 +333,23 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     batch_sharding = data_sharding(mesh)
     one_device = mesh.devices.size == 1 and jax.process_count() == 1
 
-    def batch(i):  # the global batch of iteration i, identical on every process, split over the mesh
-        # on one device the compiled step takes the numpy batch itself: one copy inside the call, about
-        # 30 µs per iteration less than building a jax.Array first (benchmarks/loop_overhead)
+    block = config.steps_per_call
+    stacked_sharding = NamedSharding(mesh, P(None, None, "data"))
+
+    def checked(it):  # iteration `it` (1-based) is logged, saved or drawn: its step runs alone
+        return (it % config.log_every == 0 or it == config.iterations or it % config.checkpoint_every == 0
+                or it % config.sample_every == 0)
+
+    def starts_block(i):  # iterations i..i+block-1 run as one scanned call: none checked, one phase
+        return block > 1 and i + block <= config.iterations and all(
+            not checked(j + 1) and phase_of(config, j) == phase_of(config, i) for j in range(i, i + block))
+
+    def batch(i):  # the input of the call that starts at iteration i, identical on every process
+        # one device: the compiled step takes the numpy batch itself, one copy inside the call, about 30 µs
+        # per iteration less than building a jax.Array first (benchmarks/loop_overhead)
+        if starts_block(i):
+            stacked = np.stack([draw(j) for j in range(i, i + block)])
+            return stacked if one_device else global_array(stacked, stacked_sharding)
         return draw(i) if one_device else global_array(draw(i), batch_sharding)
 
     dim = int(np.prod(config.data_shape))
@@ -340,10 +359,17 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     t0 = time.perf_counter()  # compile ahead of time, so that compilation is timed on its own
     compiled = {}  # (K, logged) -> compiled step
     if start < config.iterations:
-        for k, (step_fn, lean_fn) in step_fns.items():
-            compiled[k, True] = step_fn.jitted.lower(state, batch(start)).compile()
-            compiled[k, False] = (lean_fn.jitted.lower(state, batch(start)).compile() if lean_fn is not None
+        needed = set(map(partial(phase_of, config), range(start, config.iterations)))
+        one = draw(start) if one_device else global_array(draw(start), batch_sharding)
+        for k, (step_fn, lean_fn) in ((k, f) for k, f in step_fns.items() if k in needed):
+            compiled[k, True] = step_fn.jitted.lower(state, one).compile()
+            compiled[k, False] = (lean_fn.jitted.lower(state, one).compile() if lean_fn is not None
                                   else compiled[k, True])
+        blocks = {phase_of(config, i) for i in range(start, config.iterations) if starts_block(i)}
+        stacked = jax.ShapeDtypeStruct((block,) + one.shape, one.dtype, sharding=stacked_sharding)
+        for k in blocks:
+            compiled[k, "block"] = make_scanned_steps(phase_config(config, k), block, devices).lower(
+                state, stacked).compile()
     session["compile_seconds"] = time.perf_counter() - t0
     if compiled:
         n = len(set(map(id, compiled.values())))
@@ -367,13 +393,21 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     try:
         with _InterruptFlag(say) as interrupt:
             data = batch(start) if start < config.iterations else None
-            for i in range(start, config.iterations):
-                it = i + 1
-                logged = it % config.log_every == 0 or it == config.iterations
-                state, metrics = compiled[grid_of(config, i), logged](state, data)  # dispatched, not waited for
+            i, calls = start, 0
+            while i < config.iterations:
+                calls += 1
+                if starts_block(i):  # steps_per_call unchecked iterations in one call
+                    state, metrics = compiled[phase_of(config, i), "block"](state, data), {}
+                    it = i + block
+                else:
+                    it = i + 1
+                    logged = it % config.log_every == 0 or it == config.iterations
+                    state, metrics = compiled[phase_of(config, i), logged](state, data)  # dispatched, not waited for
+                bar.update(it - i)
+                i = it
                 if it < config.iterations:
-                    data = batch(it)  # the next batch is drawn on the host while the device runs this step
-                bar.update(1)
+                    data = batch(it)  # the next input is drawn on the host while the device runs this call
+                logged = it % config.log_every == 0 or it == config.iterations
                 save = it % config.checkpoint_every == 0 or it == config.iterations or interrupt.set
                 figure = is_main and it % config.sample_every == 0 and it < config.iterations
                 if not (logged or save or figure):
@@ -435,7 +469,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
 
     done = config.iterations - start
     if is_main:
-        session.update(end_iteration=int(state.step), train_seconds=seconds,
+        session.update(end_iteration=int(state.step), train_seconds=seconds, compiled_calls=calls,
                        iterations_per_second=done / seconds if seconds > 0 and done else None)
         _write_json(info_path, info)
         title = f"{config.dataset} {config.method}, iteration {int(state.step)}"

@@ -70,6 +70,24 @@ def on_grid(config: Config, num_steps: int) -> Config:
     return dataclasses.replace(config, dt=dt, train_steps=())
 
 
+WARMUP = "otcfm-warmup"  # the phase of the first cfm_warmup iterations
+
+
+def phase_of(config: Config, iteration: int) -> int | str:
+    """What trains `iteration`: WARMUP (OT-CFM, the first cfm_warmup iterations), else K = grid_of(...)."""
+    return WARMUP if iteration < config.cfm_warmup else grid_of(config, iteration)
+
+
+def phase_config(config: Config, phase: int | str) -> Config:
+    """The config whose `outer_iteration` trains `phase`: OT-CFM of U with Adam(0.9, 0.999) at cfm_warmup_lr
+    for WARMUP (same parameter and optimizer-state trees, so the MFG phase continues from it), else
+    on_grid(config, phase)."""
+    if phase == WARMUP:
+        return dataclasses.replace(config, objective="otcfm", lr_potential=config.cfm_warmup_lr, beta1=0.9,
+                                   beta2=0.999, train_steps=(), cfm_warmup=0)
+    return on_grid(config, phase)
+
+
 def make_optimizers(config: Config):
     """Adam(beta1, beta2) for U and for phi (DESIGN.md §6); phi takes n_critic updates per iteration."""
     lr_u = learning_rate(config, config.lr_potential, config.iterations)
@@ -311,6 +329,21 @@ def global_array(value, sharding: NamedSharding) -> jax.Array:
     host = np.asarray(value)
     host = host.astype(jax.dtypes.canonicalize_dtype(host.dtype))  # float64 -> float32 unless x64 is on
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def make_scanned_steps(config: Config, num_steps: int, devices: Optional[Sequence[jax.Device]] = None,
+                       donate: bool = True):
+    """num_steps unlogged outer iterations in one compiled call (`lax.scan`): jitted (state, data) -> state,
+    data (num_steps, n_critic, batch_size, *data_shape), the iterations' GLOBAL batches stacked; the same
+    updates as num_steps calls of make_train_step(config, indicators=False), which return no metrics here."""
+    mesh = make_mesh(devices)
+    replicated, stacked = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, None, "data"))
+
+    def body(state, data):
+        return outer_iteration(config, state, data, mesh=mesh, indicators=False)[0], None
+
+    return jax.jit(lambda state, data: jax.lax.scan(body, state, data)[0], in_shardings=(replicated, stacked),
+                   out_shardings=replicated, donate_argnums=(0,) if donate else ())
 
 
 def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = None, donate: bool = True,
