@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from functools import partial
 from importlib import metadata
 from typing import Optional, Sequence
 
@@ -333,6 +332,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     batch_sharding = data_sharding(mesh)
     one_device = mesh.devices.size == 1 and jax.process_count() == 1
 
+    # the compiled calls of this session, in order: (first iteration, iterations in the call); a call of
+    # steps_per_call > 1 iterations (one lax.scan) holds no logged, saved or drawn iteration and one phase
+    phase_at = [phase_of(config, i) for i in range(config.iterations)]
     block = config.steps_per_call
     stacked_sharding = NamedSharding(mesh, P(None, None, "data"))
 
@@ -340,15 +342,20 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
         return (it % config.log_every == 0 or it == config.iterations or it % config.checkpoint_every == 0
                 or it % config.sample_every == 0)
 
-    def starts_block(i):  # iterations i..i+block-1 run as one scanned call: none checked, one phase
+    def starts_block(i):
         return block > 1 and i + block <= config.iterations and all(
-            not checked(j + 1) and phase_of(config, j) == phase_of(config, i) for j in range(i, i + block))
+            not checked(j + 1) and phase_at[j] == phase_at[i] for j in range(i, i + block))
 
-    def batch(i):  # the input of the call that starts at iteration i, identical on every process
+    plan, i = [], start
+    while i < config.iterations:
+        plan.append((i, block if starts_block(i) else 1))
+        i += plan[-1][1]
+
+    def call_input(i, n):  # the data of the call of n iterations from i, identical on every process
         # one device: the compiled step takes the numpy batch itself, one copy inside the call, about 30 µs
         # per iteration less than building a jax.Array first (benchmarks/loop_overhead)
-        if starts_block(i):
-            stacked = np.stack([draw(j) for j in range(i, i + block)])
+        if n > 1:
+            stacked = np.stack([draw(j) for j in range(i, i + n)])
             return stacked if one_device else global_array(stacked, stacked_sharding)
         return draw(i) if one_device else global_array(draw(i), batch_sharding)
 
@@ -357,15 +364,15 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
         say(f"note: the MLP potential's first layer ({config.potential_hidden[0]}) is narrower than the data "
             f"({dim}), so the flow moves samples only within a {config.potential_hidden[0]}-dim subspace")
     t0 = time.perf_counter()  # compile ahead of time, so that compilation is timed on its own
-    compiled = {}  # (K, logged) -> compiled step
+    compiled = {}  # (phase, logged) or (phase, "block") -> compiled step
     if start < config.iterations:
-        needed = set(map(partial(phase_of, config), range(start, config.iterations)))
-        one = draw(start) if one_device else global_array(draw(start), batch_sharding)
+        needed = set(phase_at[start:])
+        one = call_input(start, 1)
         for k, (step_fn, lean_fn) in ((k, f) for k, f in step_fns.items() if k in needed):
             compiled[k, True] = step_fn.jitted.lower(state, one).compile()
             compiled[k, False] = (lean_fn.jitted.lower(state, one).compile() if lean_fn is not None
                                   else compiled[k, True])
-        blocks = {phase_of(config, i) for i in range(start, config.iterations) if starts_block(i)}
+        blocks = {phase_at[i] for i, n in plan if n > 1}
         stacked = jax.ShapeDtypeStruct((block,) + one.shape, one.dtype, sharding=stacked_sharding)
         for k in blocks:
             compiled[k, "block"] = make_scanned_steps(phase_config(config, k), block, devices).lower(
@@ -392,22 +399,17 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
     t_train = time.perf_counter()
     try:
         with _InterruptFlag(say) as interrupt:
-            data = batch(start) if start < config.iterations else None
-            i, calls = start, 0
-            while i < config.iterations:
-                calls += 1
-                if starts_block(i):  # steps_per_call unchecked iterations in one call
-                    state, metrics = compiled[phase_of(config, i), "block"](state, data), {}
-                    it = i + block
-                else:
-                    it = i + 1
-                    logged = it % config.log_every == 0 or it == config.iterations
-                    state, metrics = compiled[phase_of(config, i), logged](state, data)  # dispatched, not waited for
-                bar.update(it - i)
-                i = it
-                if it < config.iterations:
-                    data = batch(it)  # the next input is drawn on the host while the device runs this call
+            data = call_input(*plan[0]) if plan else None
+            for c, (i, n) in enumerate(plan):
+                it = i + n
                 logged = it % config.log_every == 0 or it == config.iterations
+                if n > 1:  # steps_per_call unlogged iterations in one call
+                    state, metrics = compiled[phase_at[i], "block"](state, data), {}
+                else:
+                    state, metrics = compiled[phase_at[i], logged](state, data)  # dispatched, not waited for
+                if c + 1 < len(plan):
+                    data = call_input(*plan[c + 1])  # drawn on the host while the device runs this call
+                bar.update(n)
                 save = it % config.checkpoint_every == 0 or it == config.iterations or interrupt.set
                 figure = is_main and it % config.sample_every == 0 and it < config.iterations
                 if not (logged or save or figure):
@@ -469,7 +471,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *, resume: bo
 
     done = config.iterations - start
     if is_main:
-        session.update(end_iteration=int(state.step), train_seconds=seconds, compiled_calls=calls,
+        session.update(end_iteration=int(state.step), train_seconds=seconds, compiled_calls=len(plan),
                        iterations_per_second=done / seconds if seconds > 0 and done else None)
         _write_json(info_path, info)
         title = f"{config.dataset} {config.method}, iteration {int(state.step)}"
