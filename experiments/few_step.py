@@ -69,6 +69,12 @@ VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
              lambda c: warm_start(c, 1500)),
     "warm-straight": ("OT-CFM warm start (cfm_warmup=1500) and velocity_weight 50",
                       lambda c: warm_start(straight(c), 1500)),
+    "straight200": ("velocity_weight 200 (4x straight)", lambda c: dataclasses.replace(c, velocity_weight=200.0)),
+    "straight1000": ("velocity_weight 1000 (20x straight)",
+                     lambda c: dataclasses.replace(c, velocity_weight=1000.0)),
+    "lam0.2": ("λ = 0.2 (4x the main job's 0.05): the kinetic-energy cost binds harder",
+               lambda c: dataclasses.replace(c, lam=0.2)),
+    "lam0.5": ("λ = 0.5 (10x the main job's 0.05)", lambda c: dataclasses.replace(c, lam=0.5)),
 }
 DEFAULT_VARIANTS = ("main", "straight", "w1")
 
