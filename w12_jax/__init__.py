@@ -10,6 +10,7 @@ from w12_jax.mfg import hj_residual, terminal_residual
 from w12_jax.networks import (Discriminator, Potential, VelocityField, make_discriminator, make_flow_network,
                               make_potential)
 from w12_jax.presets import PRESETS, get_preset
+from w12_jax.reflow import reflow, reflow_pairs
 from w12_jax.sample import SOLVERS, SampleResult, get_solver, sample
 from w12_jax.train import TrainState, init_train_state, make_train_step, outer_iteration
 
