@@ -69,6 +69,8 @@ VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
              lambda c: warm_start(c, 1500)),
     "warm-straight": ("OT-CFM warm start (cfm_warmup=1500) and velocity_weight 50",
                       lambda c: warm_start(straight(c), 1500)),
+    "straight-seed1": ("main job + velocity_weight 50, seed 1",
+                       lambda c: dataclasses.replace(straight(c), seed=1)),
     "straight200": ("velocity_weight 200 (4x straight)", lambda c: dataclasses.replace(c, velocity_weight=200.0)),
     "straight1000": ("velocity_weight 1000 (20x straight)",
                      lambda c: dataclasses.replace(c, velocity_weight=1000.0)),
