@@ -24,7 +24,7 @@ from experiments.common import RESULTS, command_line, digit_quality, digit_rows_
     markdown_table, write_results
 from experiments.few_step import measured, samplers
 from w12_jax import metrics
-from w12_jax.checkpoint import Checkpointer
+from w12_jax.checkpoint import CheckpointError, Checkpointer
 from w12_jax.loop import generate, load_config_dataset
 from w12_jax.networks import make_flow_network
 from w12_jax.reflow import reflow, reflow_pairs
@@ -44,8 +44,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     workdir = args.workdir.rstrip("/")
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        state, cfg = ckpt.restore()
+    try:
+        with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+            state, cfg = ckpt.restore()
+    except CheckpointError as e:
+        raise SystemExit(f"--workdir: {e}") from None
     if len(cfg.data_shape) != 3:
         raise SystemExit(f"{workdir}: the reflow experiment scores digits; this run's samples have shape "
                          f"{tuple(cfg.data_shape)}")
