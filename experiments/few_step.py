@@ -89,6 +89,13 @@ def samplers(T: float) -> list[tuple[str, dict]]:
     return out
 
 
+def sampler_rows(config: Config, params, x0: np.ndarray) -> list[np.ndarray]:
+    """x_T of x0 by every sampler of `samplers`, in its order: the rows of a `digit_rows_figure` panel."""
+    network = make_flow_network(config)
+    return [np.asarray(sample(network, params, x0, T=config.T, lam=config.lam, **kw).x_T)
+            for _, kw in samplers(config.T)]
+
+
 def flow_report(config: Config, params, x0: np.ndarray) -> tuple[dict, np.ndarray]:
     """Kinetic energy, straight-line bound, their ratio and the straightness ratio on the fine Euler path;
     returns (report, x_T of the fine solve)."""
@@ -193,8 +200,7 @@ def mnist(args) -> tuple[list, dict, dict]:
             rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], r["frechet_distance"],
                          r["class_entropy"], r["deviation"], flow["ke_over_bound"], flow["straightness_ratio"],
                          seconds])
-        grids[variant] = {label: sample(make_flow_network(cfg), params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T
-                          for label, kw in samplers(cfg.T)}
+        grids[variant] = sampler_rows(cfg, params, x0[:8])
     return rows, results, grids
 
 
@@ -243,7 +249,7 @@ def main(argv=None):
     rows, results, grids = mnist(args)
     stem = "" if None not in args.iterations else f"-{args.iterations[None]}"
     labels = [label for label, _ in samplers(5.0)]
-    digit_rows_figure({v: [np.asarray(grids[v][label]) for label in labels] for v in grids}, labels,
+    digit_rows_figure(grids, labels,
                       os.path.join(args.out, f"digits{stem}.png"))
     header = ["variant", "sampler", "NFE", "Fréchet", "class entropy", "deviation vs fine", "KE / bound",
               "straightness", "training s"]

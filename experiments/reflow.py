@@ -22,13 +22,11 @@ import numpy as np
 
 from experiments.common import RESULTS, command_line, digit_quality, digit_rows_figure, machine, \
     markdown_table, write_results
-from experiments.few_step import measured, samplers
+from experiments.few_step import measured, sampler_rows, samplers
 from w12_jax import metrics
 from w12_jax.checkpoint import CheckpointError, Checkpointer
 from w12_jax.loop import generate, load_config_dataset
-from w12_jax.networks import make_flow_network
 from w12_jax.reflow import reflow, reflow_pairs
-from w12_jax.sample import sample
 
 
 def main(argv=None):
@@ -77,8 +75,7 @@ def main(argv=None):
         for label, r in per_sampler.items():
             rows.append([name, label, r["nfe"], r["frechet_distance"], r["class_entropy"], r["deviation"],
                          flow["ke_over_bound"], flow["straightness_ratio"]])
-        grids[name] = [np.asarray(sample(make_flow_network(cfg), st.potential_ema, x0[:8], T=cfg.T, lam=cfg.lam,
-                                         **kw).x_T) for _, kw in samplers(cfg.T)]
+        grids[name] = sampler_rows(cfg, st.potential_ema, x0[:8])
     results["reflow"] = {"pairs": args.pairs, "pair_steps": args.pair_steps, "iterations": args.iterations,
                          "lr": args.lr, "seed": args.seed, "pair_seconds": pair_seconds,
                          "reflow_seconds": reflow_seconds,

@@ -1,8 +1,6 @@
 """Reflow (`w12_jax.reflow`): regressing the field on the chords of a monotone affine coupling makes one Euler
 step land on the coupling's endpoint."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
