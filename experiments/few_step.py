@@ -1,7 +1,7 @@
 """Few-step sampling (issue "Straight flows", DESIGN.md §5, §11): how well do 1, 2, 3 and 5 Euler steps, Heun
 at 2 and 4 NFE and adaptive Dopri5 sample a trained flow, against the fine solve (Euler h = T/320)?
 
-    python -m experiments.few_step                       # MNIST: main job, main job + STRAIGHT, W1-only
+    python -m experiments.few_step                       # MNIST: main job without and with its penalty, W1
     python -m experiments.few_step --lowdim              # + moons and pinwheel in 12-D (CPU schedule)
     python -m experiments.few_step --iterations w1=600   # W1-only stopped at 600 iterations
     python -m experiments.few_step --variants main chord k1-chord --iterations 600   # a screening run
@@ -30,7 +30,7 @@ from w12_jax import metrics
 from w12_jax.config import Config, with_case
 from w12_jax.loop import generate, load_config_dataset
 from w12_jax.networks import make_flow_network
-from w12_jax.presets import get_preset
+from w12_jax.presets import MAIN, MAIN_PLAIN
 from w12_jax.sample import sample
 
 FINE_STEPS = 320  # Euler h = T/320: h = 1/64 in the paper's MNIST units (T = 5)
@@ -51,7 +51,12 @@ def warm_start(cfg: Config, warmup: int) -> Config:
 # variant name -> (description, change of the base config); the base is the main job (MNIST) or the
 # W1⊕W2 low-dimensional preset on the manifolds experiment's CPU schedule
 VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
-    "main": ("main job (W1⊕W2)", lambda c: c),
+    "main": ("main job without the velocity penalty (W1⊕W2, the main job until 2026-11-27)", lambda c: c),
+    "adopted": ("the main job since 2026-11-27: velocity_weight 50 at the plain main job's CPU time "
+                "(iterations × 2180 / 2400)", lambda c: dataclasses.replace(
+                    straight(c), iterations=c.iterations * MAIN.iterations // MAIN_PLAIN.iterations)),
+    "adopted-seed1": ("the main job since 2026-11-27, seed 1", lambda c: dataclasses.replace(
+        VARIANTS["adopted"][1](c), seed=1)),
     "straight": ("main job + velocity-consistency penalty, velocity_weight 50", straight),
     "w1": ("W1 only", lambda c: with_case(c, "w1")),
     "k1": ("one Euler step in training (dt = T)", lambda c: dataclasses.replace(c, dt=c.T)),
@@ -78,7 +83,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
                lambda c: dataclasses.replace(c, lam=0.2)),
     "lam0.5": ("λ = 0.5 (10x the main job's 0.05)", lambda c: dataclasses.replace(c, lam=0.5)),
 }
-DEFAULT_VARIANTS = ("main", "straight", "w1")
+DEFAULT_VARIANTS = ("main", "adopted", "w1")
 
 
 def samplers(T: float) -> list[tuple[str, dict]]:
@@ -179,7 +184,7 @@ def parse_iterations(items: list[str]) -> dict:
 
 def mnist(args) -> tuple[list, dict, dict]:
     classifier, accuracy = metrics.load_or_train_classifier()
-    base = get_preset("mnist5k")
+    base = MAIN_PLAIN  # the variants are changes of the main job without its velocity penalty
     quality = digit_quality(classifier, accuracy, load_config_dataset(base))
     rows, results, grids = [], {}, {}
     for variant in args.variants:
