@@ -88,21 +88,42 @@ def test_mnist5k_split_sizes(mnist5k_loader, fraction, n_held):
     assert d.heldout_labels.shape == (n_held,) and d.train_labels.shape == (5000 - n_held,)
 
 
-def test_mnist5k_split_deterministic_disjoint_and_seeded(mnist5k_loader):
+def test_mnist5k_split_is_one_fixed_split_for_every_seed(mnist5k_loader):
     a, b, c = mnist5k_loader(seed=0), mnist5k_loader(seed=0), mnist5k_loader(seed=1)
     np.testing.assert_array_equal(a.train, b.train)
-    np.testing.assert_array_equal(a.heldout_labels, b.heldout_labels)
-    assert not np.array_equal(a.heldout, c.heldout)
     assert len(rows(a.train) | rows(a.heldout)) == 5000  # all digits distinct, so disjoint split
     assert not rows(a.train) & rows(a.heldout)
-    assert rows(a.train) | rows(a.heldout) == rows(c.train) | rows(c.heldout)
+    # the evaluation split does not move with the run seed
+    np.testing.assert_array_equal(a.heldout, c.heldout)
+    np.testing.assert_array_equal(a.heldout_labels, c.heldout_labels)
+    np.testing.assert_array_equal(a.train, c.train)
 
 
-def test_mnist5k_num_samples_subset(mnist5k_loader):
+def test_seed1_run_never_trains_on_the_reference_digits():
+    """The digits a seed-1 main job trains on (and the classifier's) and the held-out digits every run is
+    scored against are disjoint sets of the 5000."""
+    import dataclasses
+
+    from w12_jax.loop import load_config_dataset
+    from w12_jax.presets import get_preset
+
+    main = get_preset("mnist5k")
+    seed1 = load_config_dataset(dataclasses.replace(main, seed=1))
+    reference = load_config_dataset(main).heldout  # what evaluate and the experiments score against
+    assert len(rows(seed1.train)) == 4500 and len(rows(reference)) == 500
+    assert not rows(seed1.train) & rows(reference)
+    assert not rows(load_dataset("mnist5k", seed=0).train) & rows(reference)  # the classifier's digits
+
+
+def test_mnist5k_num_samples_subsets_the_training_part(mnist5k_loader):
+    full = mnist5k_loader(seed=0, heldout_fraction=0.25)
     d = mnist5k_loader(seed=2, num_samples=1000, heldout_fraction=0.25)
-    assert d.train.shape == (750, 28, 28, 1) and d.heldout.shape == (250, 28, 28, 1)
+    assert d.train.shape == (1000, 28, 28, 1) and d.heldout.shape == (1250, 28, 28, 1)
+    np.testing.assert_array_equal(d.heldout, full.heldout)
+    assert rows(d.train) <= rows(full.train)
+    assert rows(d.train) != rows(mnist5k_loader(seed=3, num_samples=1000, heldout_fraction=0.25).train)
     with pytest.raises(DataError, match="exceeds"):
-        mnist5k_loader(num_samples=5001)
+        mnist5k_loader(num_samples=4501)
 
 
 def test_digits8x8_scaled_with_labels():
@@ -254,9 +275,9 @@ def test_toy_shape_scale_and_split(name):
     assert d.train.shape == (18000, 2) and d.heldout.shape == (2000, 2) and x.dtype == np.float32
     assert np.all(np.abs(x) < 6.0) and np.all((x.std(0) > 0.5) & (x.std(0) < 3.0))
     assert d.reference == "gaussian" and d.train_labels is None and d.heldout_labels is None
-    again, other = load_dataset(name, seed=0), load_dataset(name, seed=1)
-    np.testing.assert_array_equal(d.train, again.train)
-    assert not np.array_equal(d.train, other.train)
+    other = load_dataset(name, seed=1)  # one data set and split for every run seed
+    np.testing.assert_array_equal(d.train, other.train)
+    np.testing.assert_array_equal(d.heldout, other.heldout)
     assert not rows(d.train) & rows(d.heldout)
 
 

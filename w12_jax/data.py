@@ -2,8 +2,10 @@
 
 Every loader returns a `Dataset` of float32 numpy arrays: images in [0, 1] (NHWC) with a uniform
 U[0, 0.5] reference, or 2-D toy sets (optionally zero-padded into R^D) with a standard Gaussian
-reference. Splits and batches are pure functions of the seed (and step), so a resumed run sees the
-same data with no iterator state. Only numpy is imported here; mlxtend, scikit-learn and
+reference. The train / held-out split of every data set is one fixed split (SPLIT_SEED), the same for
+every run seed, preset and objective, so no run ever trains on the held-out samples it is scored
+against; the run seed only picks a `num_samples` subset of the training part. Batches are pure
+functions of (seed, step), so a resumed run sees the same data with no iterator state. Only numpy is imported here; mlxtend, scikit-learn and
 tensorflow-datasets are imported inside the loaders that need them.
 """
 
@@ -51,6 +53,9 @@ _IDX_DTYPES = {
 # Stream tags for SeedSequence([seed, _TAG, k]); nonzero so they never coincide with [seed, step].
 _TAG = 0x57D12
 _STREAM_GENERATE, _STREAM_SPLIT, _STREAM_SUBSET = 1, 2, 3
+# The evaluation split (and the toy sets' points) of every data set are seed 0's, whatever the run's seed:
+# one reference set for every run, and the runs of seed 0 keep the data they always had.
+SPLIT_SEED = 0
 
 
 class DataError(ValueError):
@@ -339,7 +344,8 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def _split(x, y, seed, heldout_fraction):
-    """Seeded permutation; the last round(N·heldout_fraction) samples are held out."""
+    """Permutation of `seed` (always SPLIT_SEED in load_dataset); the last round(N·heldout_fraction) samples
+    are held out."""
     n = x.shape[0]
     n_held = int(round(n * heldout_fraction))
     if n_held >= n:
@@ -483,10 +489,13 @@ def load_dataset(
     num_samples: int | None = None,
     heldout_fraction: float = 0.1,
 ) -> Dataset:
-    """Load data set `name` (one of DATASETS) with a train / held-out split fixed by `seed`.
+    """Load data set `name` (one of DATASETS) with its fixed train / held-out split (SPLIT_SEED).
 
-    - mnist5k, digits8x8, toy sets: a seeded permutation holds out round(N·heldout_fraction)
-      samples; num_samples subsamples mnist5k / digits8x8 and sets N for the toy sets (default 20000).
+    The held-out samples do not depend on `seed`: every run of a data set is scored against the same ones,
+    and none trains on them. `seed` only draws the `num_samples` subset of the training part.
+    - mnist5k, digits8x8, toy sets: a permutation of seed SPLIT_SEED holds out round(N·heldout_fraction)
+      samples; num_samples takes a seeded subset of the training part of mnist5k / digits8x8 (the held-out
+      part stays whole) and sets N for the toy sets (default 20000; their points are SPLIT_SEED's too).
     - mnist, fashion_mnist, cifar10: the official train / test splits (heldout_fraction unused);
       num_samples takes a seeded subset of the train split. IDX files are read from data_dir for
       mnist / fashion_mnist (and from FASHION_MNIST_DIR when tensorflow-datasets is missing);
@@ -497,7 +506,8 @@ def load_dataset(
     """
     if is_data_path(name):
         x, kind = read_user_data(name)  # at least one held-out sample, at least one training sample
-        train, held, _, _ = _split(x, None, _check_int("seed", seed, 0), max(heldout_fraction, 1.0 / len(x)))
+        _check_int("seed", seed, 0)
+        train, held, _, _ = _split(x, None, SPLIT_SEED, max(heldout_fraction, 1.0 / len(x)))
         if kind == "images":
             return Dataset(name, train, held, None, None, *IMAGE_REFERENCE)
         return Dataset(name, train, held, None, None, "gaussian", float("nan"), float("nan"))
@@ -520,10 +530,10 @@ def load_dataset(
 
     if name in TOY_DATASETS:
         n = DEFAULT_TOY_SAMPLES if num_samples is None else num_samples
-        x = _TOY_GENERATORS[name](_rng(seed, _STREAM_GENERATE), n).astype(np.float32)
+        x = _TOY_GENERATORS[name](_rng(SPLIT_SEED, _STREAM_GENERATE), n).astype(np.float32)
         if embed_dim is not None:
             x = embed(x, embed_dim)
-        train, held, _, _ = _split(x, None, seed, heldout_fraction)
+        train, held, _, _ = _split(x, None, SPLIT_SEED, heldout_fraction)
         return Dataset(name, train, held, None, None, "gaussian", float("nan"), float("nan"))
 
     if name in TFDS_DATASETS:
@@ -531,8 +541,8 @@ def load_dataset(
         train, train_y = _subset(train, train_y, seed, num_samples, name)
     else:
         x, y = _load_pool(name)
-        x, y = _subset(x, y, seed, num_samples, name)
-        train, held, train_y, held_y = _split(x, y, seed, heldout_fraction)
+        train, held, train_y, held_y = _split(x, y, SPLIT_SEED, heldout_fraction)
+        train, train_y = _subset(train, train_y, seed, num_samples, name)
     return Dataset(name, train, held, train_y, held_y, *IMAGE_REFERENCE)
 
 
