@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 from scipy.stats import norm
 
+from w12_jax import intervals
 from w12_jax import metrics as M
 from w12_jax.data import load_dataset
 
@@ -276,9 +277,13 @@ def test_classifier_cache_path_resolution(monkeypatch, tmp_path):
 def test_image_quality_on_real_digits_single_digit_and_training_copies(classifier, mnist):
     params, acc = classifier["params"], classifier["accuracy"]
     real = M.image_quality(mnist.heldout, params, acc, mnist.train, mnist.train)
-    assert set(real) == {"frechet_distance", "class_entropy", "class_fractions", "confidence",
-                         "nearest_train_distance", "classifier_accuracy"}
+    figures = ("frechet_distance", "precision", "recall", "class_entropy", "nearest_train_distance")
+    assert set(real) == {*figures, *(f + "_interval" for f in figures), "class_fractions", "min_class_fraction",
+                         "confidence", "classifier_accuracy"}
+    for f in figures:  # every figure inside its own interval
+        assert real[f + "_interval"][0] <= real[f] <= real[f + "_interval"][1], f
     assert real["class_entropy"] > 2.2
+    assert real["precision"] > 0.6 and real["recall"] > 0.6  # held-out digits lie on the training digits' manifold
     p = np.asarray(real["class_fractions"])
     assert p.shape == (10,) and abs(p.sum() - 1.0) < 1e-5 and p.min() > 0.05  # mnist5k is balanced
     assert real["class_entropy"] == pytest.approx(-np.sum(p * np.log(p)), abs=1e-5)
@@ -295,9 +300,59 @@ def test_image_quality_on_real_digits_single_digit_and_training_copies(classifie
     assert single["class_entropy"] < 0.1
     assert max(single["class_fractions"]) > 0.98
     assert single["frechet_distance"] > real["frechet_distance"]
+    assert single["recall"] < 0.05 and single["min_class_fraction"] == 0.0  # one digit covers nothing else
 
     memorised = M.image_quality(mnist.train[:300], params, acc, mnist.train, mnist.train)
     assert memorised["nearest_train_distance"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision and recall (k-NN manifolds), sampling intervals
+# ----------------------------------------------------------------------------------------------
+def test_precision_recall_of_a_set_against_itself_a_half_and_a_shift():
+    x = np.random.default_rng(0).normal(size=(400, 8))
+    assert M.precision_recall(x, x) == (1.0, 1.0)
+    half = x[:200]
+    assert M.precision_recall(x, half)[0] == 1.0  # every point of the half is a real point
+    assert M.precision_recall(half, x)[1] == 1.0  # every real point is a generated point
+    assert M.precision_recall(x, x + 100.0) == (0.0, 0.0)  # far beyond every k-NN radius
+
+
+def test_precision_recall_on_a_shifted_grid_closed_form():
+    """Real points 0..N−1 on a line, k = 1: every ball has radius 1. Generated points i + 2.5: those up to N − 0.5
+    lie within 0.5 of a real point, N + 0.5 and N + 1.5 lie 1.5 and 2.5 from N − 1; and real points j >= 2 lie
+    within 1 of a generated one: precision = recall = (N − 2)/N."""
+    n = 20
+    real = np.stack([np.arange(n, dtype=float), np.zeros(n)], 1)
+    fake = real + np.array([2.5, 0.0])
+    assert M.precision_recall(real, fake, k=1) == ((n - 2) / n, (n - 2) / n)
+    assert M.precision_recall(real, real + np.array([0.4, 0.0]), k=1) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        M.precision_recall(real[:3], fake, k=3)
+
+
+def test_wilson_interval_closed_form_and_bounds():
+    lo, hi = intervals.wilson_interval(50, 100)  # p = ½: symmetric, z = 1.95996
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert intervals.wilson_interval(0, 30)[0] == 0.0 and intervals.wilson_interval(30, 30)[1] == 1.0
+    assert 0 < intervals.wilson_interval(0, 30)[1] < 0.12
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_standard_error():
+    """For the mean of n draws the bootstrap sd is the standard error sd/√n (to a few %)."""
+    v = np.random.default_rng(1).normal(3.0, 2.0, size=2000)
+    estimate, (lo, hi) = intervals.bootstrap_interval(np.mean, (v,), num_resamples=400)
+    mean, (m_lo, m_hi) = intervals.mean_interval(v)
+    assert estimate == mean and (hi - lo) == pytest.approx(m_hi - m_lo, rel=0.1)
+    assert (m_hi - m_lo) / 2 == pytest.approx(1.959964 * v.std(ddof=1) / np.sqrt(2000), rel=1e-6)
+
+
+def test_seed_summary_is_the_student_t_interval():
+    s = intervals.seed_summary([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975, 2} = 4.3027
+    assert s["mean"] == 2.0 and s["sd"] == 1.0 and s["n"] == 3
+    assert s["interval"] == pytest.approx([2 - 4.3027 / np.sqrt(3), 2 + 4.3027 / np.sqrt(3)], abs=1e-4)
+    assert intervals.seed_summary([5.0])["interval"] is None
+    assert intervals.separated([0, 1], [1.5, 2]) and not intervals.separated([0, 1], [0.5, 2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +377,19 @@ def test_image_quality_on_real_digits_single_digit_and_training_copies(classifie
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_sinkhorn_sd_matches_the_spread_of_independent_draws():
+    """The first-order sd of the Sinkhorn divergence (debiased potentials) is the spread of the estimate over
+    independent draws of x ~ N(0, I) and y ~ N((1, 0), I)."""
+    rng = np.random.default_rng(0)
+    values, sds = [], []
+    for _ in range(24):
+        x, y = rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + np.array([1.0, 0.0])
+        value, sd = M.sinkhorn_divergence_and_sd(x, y, epsilon=0.1)
+        values.append(float(value))
+        sds.append(float(sd))
+    assert np.std(values, ddof=1) == pytest.approx(np.mean(sds), rel=0.25), (np.std(values, ddof=1), np.mean(sds))
 
 
 def test_sinkhorn_divergence_is_zero_on_itself_and_tends_to_half_w2_squared():

@@ -217,6 +217,23 @@ def output_paths(out: str) -> tuple[str, str]:
     return (out, stem + ".png") if suffix.lower() == ".npz" else (stem + ".npz", out)
 
 
+def format_report(report: dict) -> str:
+    """One line per figure of an evaluation report: `key: value [lo, hi] 95 %` where the report holds
+    key_interval; lists (class fractions) as numbers with 3 decimals."""
+    lines = []
+    for k, v in report.items():
+        if k.endswith("_interval") and k.removesuffix("_interval") in report:
+            continue
+        interval = report.get(k + "_interval")
+        if isinstance(v, list):
+            v = " ".join(f"{x:.3f}" for x in v)
+        text = f"{v:.6g}" if isinstance(v, float) else f"{v}"
+        if interval:
+            text += f"  [{interval[0]:.6g}, {interval[1]:.6g}] 95 %"
+        lines.append(f"{k:>34}: {text}")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args) -> int:
     from w12_jax.evaluation import DIGIT_DATASETS, evaluate, path_points
     from w12_jax.metrics import classifier_cache_path
@@ -241,10 +258,7 @@ def cmd_evaluate(args) -> int:
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")
-    for k, v in report.items():
-        if isinstance(v, list):
-            v = " ".join(f"{x:.3f}" for x in v)
-        print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    print(format_report(report))
     print(f"wrote {path}")
     return 0
 

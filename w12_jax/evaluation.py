@@ -13,14 +13,17 @@ from typing import Optional
 import jax
 import numpy as np
 
-from w12_jax import metrics
+from w12_jax import intervals, metrics
 from w12_jax.config import Config
 from w12_jax.data import Dataset
+from w12_jax.intervals import BOOTSTRAP_RESAMPLES
 
 DIGIT_DATASETS = ("mnist5k", "mnist")  # data the cached digit classifier was trained for
 SINKHORN_SAMPLES = 2000  # points per side of the Sinkhorn divergence (eps = 0.0025 costs ~n² per iteration)
-ONE_STEP_KEYS = ("energy_distance", "off_manifold_mass", "frechet_distance", "class_entropy", "confidence",
-                 "nearest_train_distance")  # reported again, prefixed one_step_, for one Euler step from x0
+_ONE_STEP_FIGURES = ("energy_distance", "off_manifold_mass", "frechet_distance", "precision", "recall",
+                     "class_entropy", "nearest_train_distance")
+ONE_STEP_KEYS = tuple(k for f in _ONE_STEP_FIGURES for k in (f, f + "_interval")) + (
+    "confidence", "min_class_fraction")  # reported again, prefixed one_step_, for one Euler step from x0
 
 
 ADAPTIVE_PATH_POINTS = 65  # equally spaced times at which an adaptive solve's path is kept for the diagnostics
@@ -46,8 +49,13 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     Vectors: energy_distance, mmd, sliced_w2 to held-out data (and energy_distance_reference, the value
     for x0 itself, for scale); sinkhorn_divergence (cost ½|x − y|², eps = 0.0025, the authors' measure: on
     the first two coordinates of embedded data); off_manifold_mass when the data are embedded (embed_dim > 2).
-    Digits (mnist5k, mnist): frechet_distance, class_entropy, confidence, nearest_train_distance and
-    classifier_accuracy through the cached digit classifier (trained on first use).
+    Digits (mnist5k, mnist): frechet_distance, precision, recall, class_entropy, class_fractions,
+    min_class_fraction, confidence, nearest_train_distance and classifier_accuracy through the cached digit
+    classifier (trained on first use; `metrics.image_quality`).
+    Each quality figure `key` comes with `key_interval`, its 95 % sampling interval, and `floor_key`: the same
+    figure for as many training samples as generated ones against the same held-out samples, what a flow
+    that drew the data themselves would score (`quality_floor`; its nearest_train_distance is the held-out
+    samples' own).
     One step: one_step_deviation (mean|x_1 − x_T| over the mean distance between independent samples, x_1
     = one Euler step of h = T from the same x0) and one_step_<key> for the keys of ONE_STEP_KEYS present.
     """
@@ -72,31 +80,80 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     }
     held = dataset.heldout[:n]
     out.update(_quality(config, x0, x_T, dataset, held, seed, classifier_cache))
+    out.update({f"floor_{k}": v for k, v in quality_floor(config, dataset, n, seed, classifier_cache).items()})
     # one Euler step (h = T) from the same x0: what a straight flow samples in one evaluation of ∇U
     x_1 = np.asarray(generate(config, params, n, seed=seed, num_steps=1)[1].x_T)
     out["one_step_deviation"] = float(metrics.discretization_deviation(x_1.reshape(n, -1), x_T.reshape(n, -1)))
-    one_step = _quality(config, x0, x_1, dataset, held, seed, classifier_cache)
+    one_step = _quality(config, None, x_1, dataset, held, seed, classifier_cache, sinkhorn=False)
     out.update({f"one_step_{k}": one_step[k] for k in ONE_STEP_KEYS if k in one_step})
     return out
 
 
-def _quality(config: Config, x0, x_T, dataset: Dataset, held, seed: int, classifier_cache) -> dict:
-    """The sample-quality part of `evaluate` for samples x_T (n, *shape) drawn from x0."""
-    out = {}
+def _quality(config: Config, x0, x_T, dataset: Dataset, held, seed: int, classifier_cache,
+             sinkhorn: bool = True) -> dict:
+    """The sample-quality part of `evaluate` for samples x_T (n, *shape) drawn from x0 (None: no reference
+    distance)."""
     if x_T.ndim == 2:
-        key = jax.random.PRNGKey(seed)
-        out["energy_distance"] = float(metrics.energy_distance(x_T, held))
-        out["energy_distance_reference"] = float(metrics.energy_distance(x0, held))
-        out["mmd"] = float(metrics.mmd_rbf(x_T, held))
-        out["sliced_w2"] = float(metrics.sliced_wasserstein2(x_T, held, key))
-        # the authors' measure: on the first two coordinates of embedded data, at most SINKHORN_SAMPLES each
-        k, m = (2 if config.embed_dim > 2 else x_T.shape[1]), SINKHORN_SAMPLES
-        out["sinkhorn_divergence"] = float(metrics.sinkhorn_divergence(x_T[:m, :k], held[:m, :k]))
-        if config.embed_dim > 2:
-            out["off_manifold_mass"] = float(metrics.off_manifold_mass(x_T, 2))
-    elif config.dataset in DIGIT_DATASETS and tuple(config.data_shape) == metrics.IMAGE_SHAPE:
+        out = vector_quality(x_T, held, embedded=config.embed_dim > 2, seed=seed, sinkhorn=sinkhorn)
+        if x0 is not None:
+            out["energy_distance_reference"] = float(metrics.energy_distance(x0, held))
+        return out
+    if config.dataset in DIGIT_DATASETS and tuple(config.data_shape) == metrics.IMAGE_SHAPE:
         params_c, accuracy = metrics.load_or_train_classifier(classifier_cache)
-        out.update(metrics.image_quality(np.clip(x_T, 0.0, 1.0), params_c, accuracy, held, dataset.train))
-    else:
-        out["nearest_train_distance"] = metrics.nearest_train_distance(x_T, dataset.train)
+        return metrics.image_quality(np.clip(x_T, 0.0, 1.0), params_c, accuracy, held, dataset.train, seed=seed)
+    nearest, interval = intervals.mean_interval(metrics.nearest_train_distances(x_T, dataset.train))
+    return {"nearest_train_distance": nearest, "nearest_train_distance_interval": list(interval)}
+
+
+FLOOR_KEYS = ("energy_distance", "mmd", "sliced_w2", "sinkhorn_divergence", "off_manifold_mass",
+              "frechet_distance", "precision", "recall", "class_entropy", "min_class_fraction")
+
+
+def floor_samples(dataset: Dataset, n: int) -> np.ndarray:
+    """n training samples (all when there are fewer), the same rows for every call: the stand-in for a flow
+    that draws the data distribution itself."""
+    rows = np.random.default_rng(0).permutation(len(dataset.train))[:n]
+    return dataset.train[np.sort(rows)]
+
+
+def quality_floor(config: Config, dataset: Dataset, n: int, seed: int = 0, classifier_cache=None) -> dict:
+    """The figures of `_quality` (with intervals) for `floor_samples(dataset, n)` against the same held-out
+    samples as the flow's: what exact samples of the data score at this sample size. nearest_train_distance
+    is the held-out samples' own distance to the training set (a copy of the training data scores 0)."""
+    held = dataset.heldout[:n]
+    quality = _quality(config, None, floor_samples(dataset, n), dataset, held, seed, classifier_cache)
+    out = {k: v for k, v in quality.items() if k.removesuffix("_interval") in FLOOR_KEYS}
+    nearest, interval = intervals.mean_interval(metrics.nearest_train_distances(held, dataset.train))
+    out.update({"nearest_train_distance": nearest, "nearest_train_distance_interval": list(interval)})
+    return out
+
+
+def vector_quality(x, held, *, embedded: bool, seed: int = 0, num_resamples: int = BOOTSTRAP_RESAMPLES,
+                   sinkhorn: bool = True) -> dict:
+    """Distances of samples x (n, d) to held-out points (m, d), each with its 95 % bootstrap interval:
+    energy_distance, mmd, sliced_w2 (all coordinates), sinkhorn_divergence (the authors' measure: the first
+    two coordinates when `embedded`, at most SINKHORN_SAMPLES points a side; its interval from the first-order
+    sd of `metrics.sinkhorn_divergence_and_sd`, one solve instead of a bootstrap's hundreds) and, when
+    `embedded`, off_manifold_mass (mean norm of the padded coordinates, interval of a mean).
+    sinkhorn=False leaves the Sinkhorn divergence out (one solve takes ~40 s at 2000 points on 2 cores)."""
+    key = jax.random.PRNGKey(seed)
+    figures = {
+        "energy_distance": metrics.energy_distance,
+        "mmd": metrics.mmd_rbf,
+        "sliced_w2": lambda a, b: metrics.sliced_wasserstein2(a, b, key),
+    }
+    out = {}
+    for name, statistic in figures.items():
+        value, interval = intervals.bootstrap_interval(lambda a, b: float(statistic(a, b)), (x, held), seed=seed,
+                                                       num_resamples=num_resamples)
+        out.update({name: value, f"{name}_interval": list(interval)})
+    k, m = (2 if embedded else x.shape[1]), SINKHORN_SAMPLES
+    if sinkhorn:
+        value, sd = metrics.sinkhorn_divergence_and_sd(x[:m, :k], held[:m, :k])
+        half = intervals.normal_quantile() * float(sd)
+        out.update({"sinkhorn_divergence": float(value),
+                    "sinkhorn_divergence_interval": [float(value) - half, float(value) + half]})
+    if embedded:
+        value, interval = intervals.mean_interval(np.linalg.norm(np.asarray(x)[:, 2:], axis=1))
+        out.update({"off_manifold_mass": value, "off_manifold_mass_interval": list(interval)})
     return out

@@ -28,7 +28,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from w12_jax import mfg
+from w12_jax import intervals, mfg
+from w12_jax.intervals import BOOTSTRAP_RESAMPLES
 
 Array = jax.Array
 
@@ -225,23 +226,43 @@ def sinkhorn_divergence(x, y, epsilon: float = AUTHORS_EPSILON, threshold: float
     eps is annealed from 1 (×0.9 per iteration) to its target, which takes most of the iterations out of
     a small-eps solve; `threshold` is the marginal error at which each Sinkhorn solve stops.
     """
+    return sinkhorn_divergence_and_sd(x, y, epsilon, threshold, max_iterations)[0]
+
+
+def sinkhorn_divergence_and_sd(x, y, epsilon: float = AUTHORS_EPSILON, threshold: float = 1e-3,
+                               max_iterations: int = 10_000) -> tuple[Array, Array]:
+    """(S_eps(x, y), its first-order sampling sd) from one set of solves (`sinkhorn_divergence`).
+
+    S is differentiable in each measure, with gradient the debiased dual potential (Feydy et al. 2019), so
+    to first order S(α_n, β_m) − S(α, β) = mean_i F(x_i) + mean_j G(y_j) − E[…], F = f_xy − f_xx,
+    G = g_xy − g_yy (the potentials of the three solves), and
+
+        sd² = Var_i F(x_i) / n + Var_j G(y_j) / m        (the central limit theorem of del Barrio et al. 2023).
+
+    At α = β the first-order term vanishes and this sd tends to 0: it does not cover the estimator's
+    second-order spread there (the floor of data against data).
+    """
     x, y = _as_pair(x, y)
     if not (np.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon}")
     with jax.numpy_rank_promotion("allow"):  # ott-jax broadcasts ranks implicitly
-        return _sinkhorn_divergence(x, y, float(epsilon), float(threshold), int(max_iterations))
+        value, variance = _sinkhorn_divergence(x, y, float(epsilon), float(threshold), int(max_iterations))
+    return value, jnp.sqrt(variance)
 
 
 @partial(jax.jit, static_argnums=(2, 3, 4))
-def _sinkhorn_divergence(x: Array, y: Array, epsilon: float, threshold: float, max_iterations: int) -> Array:
+def _sinkhorn_divergence(x: Array, y: Array, epsilon: float, threshold: float,
+                         max_iterations: int) -> tuple[Array, Array]:
     from ott.geometry import epsilon_scheduler, pointcloud
     from ott.tools.sinkhorn_divergence import sinkhorn_divergence as ott_divergence
 
     scale = 1.0 / np.sqrt(2.0)  # |x/√2 − y/√2|² = ½|x − y|²: ott's squared Euclidean cost on scaled points
     eps = epsilon_scheduler.Epsilon(target=epsilon, init=max(1.0, 1.0 / epsilon), decay=0.9)
-    value, _ = ott_divergence(pointcloud.PointCloud, x * scale, y * scale, epsilon=eps,
-                              solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
-    return value
+    value, out = ott_divergence(pointcloud.PointCloud, x * scale, y * scale, epsilon=eps,
+                                solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
+    (f_xy, g_xy), (f_xx, _), (_, g_yy) = out.potentials
+    variance = jnp.var(f_xy - f_xx) / x.shape[0] + jnp.var(g_xy - g_yy) / y.shape[0]
+    return value, variance
 
 
 def off_manifold_mass(x, manifold_dim: int = 2) -> Array:
@@ -596,12 +617,12 @@ def load_or_train_classifier(cache_dir: str | os.PathLike | None = None, seed: i
 # ----------------------------------------------------------------------------------------------
 # Image quality
 # ----------------------------------------------------------------------------------------------
-def nearest_train_distance(samples, train_images, chunk_size: int = 512) -> float:
-    """mean_i min_j |s_i − t_j| (L2 over all pixels): memorisation check.
+def nearest_train_distances(samples, train_images, chunk_size: int = 512) -> np.ndarray:
+    """min_j |s_i − t_j| (L2 over all pixels) for every sample i: (n,) float32, the memorisation check.
 
     The nearest index is found with |s|² + |t|² − 2 s·t in chunks of ``chunk_size`` samples;
     the distance to it is then recomputed as |s_i − t_j| directly, so a sample that is a
-    training image gives exactly 0. samples: (n, *shape), train_images: (m, *shape) -> float.
+    training image gives exactly 0. samples: (n, *shape), train_images: (m, *shape).
     """
     s = jnp.asarray(samples, dtype=jnp.float32)
     t = jnp.asarray(train_images, dtype=jnp.float32)
@@ -610,20 +631,75 @@ def nearest_train_distance(samples, train_images, chunk_size: int = 512) -> floa
     _check_chunk(chunk_size)
     s = s.reshape(s.shape[0], -1)
     t = t.reshape(t.shape[0], -1)
-    return float(_nearest_mean(s, t, min(int(chunk_size), s.shape[0])))
+    return np.asarray(_nearest(s, t, min(int(chunk_size), s.shape[0])))[: s.shape[0]]
+
+
+def nearest_train_distance(samples, train_images, chunk_size: int = 512) -> float:
+    """mean_i min_j |s_i − t_j|: the mean of `nearest_train_distances`."""
+    d = nearest_train_distances(samples, train_images, chunk_size)
+    return float(np.sum(d, dtype=np.float32) / np.float32(d.shape[0]))
 
 
 @partial(jax.jit, static_argnums=2)
-def _nearest_mean(s: Array, t: Array, chunk: int) -> Array:
+def _nearest(s: Array, t: Array, chunk: int) -> Array:
     chunks, mask = _pad_rows(s, chunk)
 
     def body(args):
         s_c, m_c = args
         j = jnp.argmin(_sq_dists(s_c, t), axis=1)
-        d = jnp.linalg.norm(s_c - t[j], axis=1)
-        return jnp.sum(jnp.where(m_c, d, 0.0))
+        return jnp.where(m_c, jnp.linalg.norm(s_c - t[j], axis=1), 0.0)
 
-    return jnp.sum(jax.lax.map(body, (chunks, mask))) / s.shape[0]
+    return jax.lax.map(body, (chunks, mask)).reshape(-1)
+
+
+PRECISION_RECALL_NEIGHBOURS = 3  # k of Kynkäänniemi et al. (2019)
+
+
+def _kth_neighbour_radii(a: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """Distance of every row of a (n, f) to its k-th nearest other row: (n,)."""
+    out = np.empty(a.shape[0])
+    for i in range(0, a.shape[0], chunk):
+        d = _np_sq_dists(a[i:i + chunk], a)
+        d[np.arange(d.shape[0]), np.arange(i, i + d.shape[0])] = np.inf  # not its own neighbour
+        out[i:i + chunk] = np.sqrt(np.partition(d, k - 1, axis=1)[:, k - 1])
+    return out
+
+
+def _np_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum(np.sum(a * a, 1)[:, None] + np.sum(b * b, 1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(n,) bool: point i lies in some ball |x − centre_j| <= radius_j."""
+    out = np.empty(points.shape[0], bool)
+    r2 = radii[None, :] ** 2
+    for i in range(0, points.shape[0], chunk):
+        out[i:i + chunk] = np.any(_np_sq_dists(points[i:i + chunk], centres) <= r2 * (1 + 1e-9), axis=1)
+    return out
+
+
+def precision_recall_counts(real_features, fake_features, k: int = PRECISION_RECALL_NEIGHBOURS
+                            ) -> tuple[int, int]:
+    """(#fake inside the real manifold, #real inside the fake manifold), k-NN manifolds (Kynkäänniemi et al.
+    2019): the manifold of a set is the union of balls around its points, each of radius the distance to its
+    k-th nearest neighbour in the set. real: (n, f), fake: (m, f), n, m > k."""
+    real = np.asarray(real_features, np.float64)
+    fake = np.asarray(fake_features, np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"features must have shapes (n, f), (m, f), got {real.shape} and {fake.shape}")
+    if int(k) < 1 or min(real.shape[0], fake.shape[0]) <= int(k):
+        raise ValueError(f"need k >= 1 and more than k points in each set, got k={k}, {real.shape[0]} and "
+                         f"{fake.shape[0]} points")
+    precise = _inside(fake, real, _kth_neighbour_radii(real, int(k)))
+    recalled = _inside(real, fake, _kth_neighbour_radii(fake, int(k)))
+    return int(precise.sum()), int(recalled.sum())
+
+
+def precision_recall(real_features, fake_features, k: int = PRECISION_RECALL_NEIGHBOURS) -> tuple[float, float]:
+    """(precision, recall) = (fraction of fake points inside the real k-NN manifold, fraction of real points
+    inside the fake one): `precision_recall_counts` over the set sizes. 1 and 1 for a set against itself."""
+    precise, recalled = precision_recall_counts(real_features, fake_features, k)
+    return precise / np.shape(fake_features)[0], recalled / np.shape(real_features)[0]
 
 
 def class_fractions(predicted_classes) -> np.ndarray:
@@ -644,33 +720,49 @@ def class_entropy(predicted_classes) -> float:
     return float(np.sum(p * np.log(1.0 / p)))
 
 
-def image_quality(samples, classifier_params, classifier_accuracy, reference_images, train_images) -> dict:
+def image_quality(samples, classifier_params, classifier_accuracy, reference_images, train_images, *,
+                  seed: int = 0, num_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Quality of generated digits (n, 28, 28, 1) in [0, 1] through a trained ``DigitClassifier``.
 
-    Returns a dict of floats:
+    Returns a dict; each figure ``key`` that has one comes with ``key_interval`` = [lo, hi], its 95 %
+    sampling interval (`w12_jax.intervals`):
       frechet_distance        Fréchet distance of classifier features, samples vs reference_images
-      class_entropy           entropy (nats) of the predicted-class histogram (log 10 = full coverage)
+                              (normal bootstrap interval, samples and reference resampled)
+      precision, recall       k-NN precision and recall in the same features, k = PRECISION_RECALL_NEIGHBOURS
+                              (Wilson intervals, given the two manifolds)
+      class_entropy           entropy (nats) of the predicted-class histogram (log 10 = full coverage; bootstrap)
       class_fractions         the predicted-class histogram p_0 … p_9, as a list (sums to 1)
+      min_class_fraction      min_c p_c: the rarest digit's share
       confidence              mean_i max_c softmax(logits_i)_c
-      nearest_train_distance  mean_i min_j |s_i − train_j| (memorisation)
+      nearest_train_distance  mean_i min_j |s_i − train_j| (memorisation; normal interval of a mean)
       classifier_accuracy     held-out accuracy of the classifier used, passed through
     """
     s = _as_images("samples", samples)
     ref = _as_images("reference_images", reference_images)
     tr = _as_images("train_images", train_images)
-    if s.shape[0] < 2 or ref.shape[0] < 2:
-        raise ValueError(f"need at least 2 samples and 2 reference images, got {s.shape[0]} and {ref.shape[0]}")
+    if s.shape[0] <= PRECISION_RECALL_NEIGHBOURS or ref.shape[0] <= PRECISION_RECALL_NEIGHBOURS:
+        raise ValueError(f"need more than {PRECISION_RECALL_NEIGHBOURS} samples and reference images, got "
+                         f"{s.shape[0]} and {ref.shape[0]}")
     logits = classifier_apply(classifier_params, s)
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=1))
     predicted = np.argmax(logits, axis=1)
+    feat_s = classifier_apply(classifier_params, s, features=True)
+    feat_ref = classifier_apply(classifier_params, ref, features=True)
+    fd, fd_interval = intervals.bootstrap_interval(frechet_distance, (feat_s, feat_ref), seed=seed,
+                                                   num_resamples=num_resamples)
+    entropy, entropy_interval = intervals.bootstrap_interval(class_entropy, (predicted,), seed=seed,
+                                                             num_resamples=num_resamples)
+    precise, recalled = precision_recall_counts(feat_ref, feat_s)
+    nearest, nearest_interval = intervals.mean_interval(nearest_train_distances(s, tr))
+    fractions = class_fractions(predicted)
     return {
-        "frechet_distance": frechet_distance(
-            classifier_apply(classifier_params, s, features=True),
-            classifier_apply(classifier_params, ref, features=True),
-        ),
-        "class_entropy": class_entropy(predicted),
-        "class_fractions": [round(float(p), 6) for p in class_fractions(predicted)],
+        "frechet_distance": fd, "frechet_distance_interval": list(fd_interval),
+        "precision": precise / s.shape[0], "precision_interval": list(intervals.wilson_interval(precise, s.shape[0])),
+        "recall": recalled / ref.shape[0], "recall_interval": list(intervals.wilson_interval(recalled, ref.shape[0])),
+        "class_entropy": entropy, "class_entropy_interval": list(entropy_interval),
+        "class_fractions": [round(float(p), 6) for p in fractions],
+        "min_class_fraction": float(fractions.min()),
         "confidence": float(np.mean(np.max(probs, axis=1))),
-        "nearest_train_distance": nearest_train_distance(s, tr),
+        "nearest_train_distance": nearest, "nearest_train_distance_interval": list(nearest_interval),
         "classifier_accuracy": float(classifier_accuracy),
     }
