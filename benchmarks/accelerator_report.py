@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from w12_jax.provenance import package_versions
 
 CASES = ("w1w2", "w1")
 SAMPLERS = {  # label -> `w12 evaluate` options
@@ -129,7 +130,7 @@ def collect(work: Path, out: Path) -> dict:
                               ("discretization", results["discretization"])) if v is None]
     if missing:
         lines += ["", f"Not measured (failed or out of time): {', '.join(missing)}."]
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps({**results, "versions": package_versions()}, indent=1) + "\n")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return results
 

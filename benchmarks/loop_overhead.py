@@ -34,6 +34,7 @@ from w12_jax.config import Config
 from w12_jax.data import sample_batches
 from w12_jax.loop import _finite_parts, load_config_dataset, train_and_evaluate
 from w12_jax.presets import get_preset
+from w12_jax.provenance import package_versions
 from w12_jax.train import data_sharding, global_array, init_train_state, make_mesh, make_train_step, \
     outer_iteration
 
@@ -120,7 +121,7 @@ def main(argv=None):
         print(f"  {k:>16}: {v:.3f} ms/iteration")
     print(f"  loop overhead over the bare step: {result['loop_overhead_ms']:.3f} ms/iteration")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps({**result, "versions": package_versions()}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 
 from w12_jax.config import Config, override, parse_assignment
 from w12_jax.networks import make_potential
+from w12_jax.provenance import package_versions
 from w12_jax.reference import sample_reference
 from w12_jax.sample import sample
 from w12_jax.train import init_train_state
@@ -62,7 +63,7 @@ def main(argv=None):
         setting = ", ".join(f"{k}={v}" for k, v in r.items() if k in ("num_steps", "rtol", "atol"))
         print(f"{r['solver']:<8} {setting:<22} {r['nfe']:>5} {r['samples_per_s']:>11.1f} {r['temp_bytes'] / 2**20:>9.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps({**result, "versions": package_versions()}, indent=2))
 
 
 if __name__ == "__main__":

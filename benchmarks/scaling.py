@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.train_step import median_seconds  # noqa: E402
 from w12_jax.config import Config  # noqa: E402
+from w12_jax.provenance import package_versions  # noqa: E402
 from w12_jax.train import init_train_state, make_train_step  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def main(argv=None):
     for r in result["rows"]:
         print(f"{r['devices']:>7} {r['seconds']:>8.3f} {r['speedup_vs_1']:>8.2f} {r['max_param_diff_vs_1']:>18.2e}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps({**result, "versions": package_versions()}, indent=2))
 
 
 if __name__ == "__main__":

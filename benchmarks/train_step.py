@@ -31,6 +31,7 @@ import optax
 from w12_jax.config import Config, override, parse_assignment
 from w12_jax.flow import euler_flow, scalar_potential
 from w12_jax.networks import make_potential
+from w12_jax.provenance import package_versions
 from w12_jax.reference import sample_reference
 from w12_jax.train import (critic_loss, ema_update, init_train_state, make_optimizers, make_train_step,
                            potential_loss)
@@ -166,7 +167,7 @@ def main(argv=None):
     for k, v in result.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps({**result, "versions": package_versions()}, indent=2))
 
 
 if __name__ == "__main__":

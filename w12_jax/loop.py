@@ -24,11 +24,9 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-from importlib import metadata
 from typing import Optional, Sequence
 
 import jax
@@ -40,6 +38,7 @@ from w12_jax.checkpoint import Checkpointer, all_finite
 from w12_jax.config import Config, ConfigError
 from w12_jax.data import Dataset, batch_sampler, data_fingerprint, is_data_path, load_dataset
 from w12_jax.networks import make_flow_network
+from w12_jax.provenance import git_revision, package_versions
 from w12_jax.reference import sample_reference
 from w12_jax.sample import SampleResult, sample
 from w12_jax.train import (METRICS, WARMUP, TrainState, data_sharding, global_array, init_train_state,
@@ -50,7 +49,6 @@ RESUMABLE_CHANGES = ("iterations", "log_every", "steps_per_call", "checkpoint_ev
                      "eval_samples", "data_dir")
 LIVE_METRICS = (("divergence", "div"), ("cfm_loss", "cfm"), ("kinetic_energy", "KE"), ("hj_residual", "HJ"),
                 ("terminal_residual", "term"))
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "orbax-checkpoint", "numpy")
 STATE_PARTS = ("potential_params", "potential_ema", "discriminator_params", "potential_opt_state",
                "discriminator_opt_state")
 SAMPLE_KEY = 0x5A3  # fold_in tag of the fixed x0 used for the sample figures
@@ -142,28 +140,9 @@ def write_samples_figure(config: Config, params, path: str, data: Optional[np.nd
 
 
 # ------------------------------------------------------------------------------------- run info
-def git_revision() -> Optional[str]:
-    """`git rev-parse HEAD` of the checkout holding this package (+ '-dirty'), or None."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("-dirty" if dirty else "") if rev else None
-
-
 def run_info(config: Config) -> dict:
     """Seed, package versions, git revision and devices of this process."""
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
-    return {"seed": config.seed, "versions": versions, "git_revision": git_revision(),
+    return {"seed": config.seed, "versions": package_versions(), "git_revision": git_revision(),
             "python": sys.version.split()[0], "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}
 
