@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 
@@ -22,6 +23,13 @@ def train_or_diverge(config: Config, workdir: str):
         return train_and_evaluate(config, workdir, resume=resume, progress=True), "trained"
     except TrainingDiverged as e:
         return None, str(e)
+
+
+def versions() -> dict:
+    """Python, the packages the numbers depend on and the git revision: recorded in every results file."""
+    from w12_jax.provenance import git_revision, package_versions
+
+    return {**package_versions(), "git_revision": git_revision()}
 
 
 def machine() -> str:
@@ -59,23 +67,68 @@ def digit_rows_figure(grids: dict, row_labels: Sequence[str], path: str) -> str:
 
 
 def digit_quality(classifier, accuracy, dataset):
-    """quality(x_T) -> {frechet_distance, class_entropy} of digits x_T (clipped to [0, 1]) in the features of
-    the digit classifier, against the data set's held-out and training digits."""
+    """quality(x_T) -> `metrics.image_quality` of digits x_T (clipped to [0, 1]) against the data set's
+    held-out and training digits: Fréchet distance, precision, recall, class entropy, nearest training digit,
+    each with its 95 % sampling interval."""
     import numpy as np
 
     from w12_jax import metrics
 
     def quality(x_T):
-        q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, dataset.heldout, dataset.train)
-        return {"frechet_distance": q["frechet_distance"], "class_entropy": q["class_entropy"]}
+        return metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, dataset.heldout, dataset.train)
 
     return quality
 
 
-def write_results(out: str, results: dict, text: str, stem: str = "") -> None:
-    """out/results<stem>.json and out/README<stem>.md, and the markdown on stdout."""
-    import json
+def cached(workdir: str, key: dict, compute: Callable[[], dict], filename: str = "few_step.json") -> dict:
+    """compute(), stored in workdir/filename and reused while `key` (checkpoint step, n, ...) is the same."""
+    path = os.path.join(workdir, filename)
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("key") == key:
+            return stored["value"]
+    value = compute()
+    with open(path, "w") as f:
+        json.dump({"key": key, "value": value}, f)
+    return value
 
+
+DIGIT_HEADER = ["Fréchet", "precision", "recall", "class entropy", "min class", "nearest train"]
+
+
+def interval_cell(value: float, interval, digits: int = 3) -> str:
+    """'v [lo, hi]': a figure with its 95 % interval ('v' alone when it has none)."""
+    if not interval:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]"
+
+
+def digit_cells(q: dict) -> list:
+    """The DIGIT_HEADER cells of a `metrics.image_quality` dict, each figure with its 95 % interval."""
+    return ([interval_cell(q[k], q.get(k + "_interval")) for k in ("frechet_distance", "precision", "recall",
+                                                                     "class_entropy")]
+            + [f"{q['min_class_fraction']:.3f}" if "min_class_fraction" in q else "–",
+               interval_cell(q["nearest_train_distance"], q.get("nearest_train_distance_interval"))])
+
+
+def digit_floor_text(config: Config, dataset, n: int) -> tuple[dict, str]:
+    """(floor, markdown): `evaluation.quality_floor` of n training digits against the held-out digits, the
+    figures exact samples of the data score at this sample size, as one table row."""
+    from w12_jax.evaluation import quality_floor
+
+    floor = quality_floor(config, dataset, n)
+    floor.setdefault("min_class_fraction", float("nan"))
+    text = (f"The floor: {n} training digits scored the same way against the same {len(dataset.heldout[:n])} "
+            f"held-out digits (nearest train: the held-out digits' own distance to the training set).\n\n"
+            + markdown_table(["", *DIGIT_HEADER], [["training digits", *digit_cells(floor)]]))
+    return floor, text
+
+
+def write_results(out: str, results: dict, text: str, stem: str = "") -> None:
+    """out/results<stem>.json (with the package `versions`) and out/README<stem>.md, and the markdown on
+    stdout."""
+    results = {**results, "versions": versions()}
     with open(os.path.join(out, f"results{stem}.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, f"README{stem}.md"), "w") as f:

@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 
-from experiments.common import RESULTS, RUNS, command_line, digit_rows_figure, machine, markdown_table, write_results
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_floor_text, \
+    digit_rows_figure, machine, markdown_table, write_results
 from w12_jax import metrics
 from w12_jax.checkpoint import Checkpointer
 from w12_jax.loop import generate, load_config_dataset
@@ -65,8 +66,7 @@ def main(argv=None):
             q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
             dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), ref.reshape(len(ref), -1)))
             results.setdefault(case, {})[label] = {"nfe": nfe, "deviation": dev, **q}
-            rows.append([CASE_NAMES[case], label, nfe, dev, q["frechet_distance"], q["class_entropy"],
-                         q["confidence"], q["nearest_train_distance"]])
+            rows.append([CASE_NAMES[case], label, nfe, dev, *digit_cells(q), q["confidence"]])
         grids[case] = {label: samples[label][0][:8] for label, _ in solvers(config.T)}
 
     labels = [label for label, _ in solvers(5.0)]
@@ -74,12 +74,12 @@ def main(argv=None):
                       os.path.join(args.out, "figure3.png"))
     dev_h1 = {c: results[c]["euler h=1"]["deviation"] for c in CASES}
     check = dev_h1["w1w2"] < dev_h1["w1"]
-    header = ["case", "solver", "NFE", "deviation vs Euler 1/64", "Fréchet", "class entropy", "confidence",
-              "nearest-train dist."]
+    header = ["case", "solver", "NFE", "deviation vs Euler 1/64", *DIGIT_HEADER, "confidence"]
+    results["floor"], floor_text = digit_floor_text(config, ds, args.n)
     text = (f"# Discretization: W1⊕W2 vs W1-only MNIST flows\n\n"
             f"Command: `{command_line('experiments.discretization', argv)}`\n\nMachine: {machine()}\n\n"
             f"{args.n} samples from the same x0 per solver (clipped to [0, 1] for the classifier); digit classifier held-out accuracy {accuracy:.3f}.\n\n"
-            f"{markdown_table(header, rows)}\n\n"
+            f"Each figure with its 95 % sampling interval.\n\n{markdown_table(header, rows)}\n\n{floor_text}\n\n"
             f"- [{'x' if check else ' '}] W1⊕W2 deviates less than W1-only at h = 1: "
             f"{dev_h1['w1w2']:.4f} vs {dev_h1['w1']:.4f}\n\n![Figure 3](figure3.png)\n")
     write_results(args.out, results, text)

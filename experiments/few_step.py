@@ -24,10 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from experiments.common import RESULTS, RUNS, command_line, digit_quality, digit_rows_figure, machine, \
-    markdown_table, train_or_diverge, write_results
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, cached, command_line, digit_cells, \
+    digit_floor_text, digit_quality, digit_rows_figure, interval_cell, machine, markdown_table, train_or_diverge, \
+    write_results
 from w12_jax import metrics
 from w12_jax.config import Config, with_case
+from w12_jax.evaluation import floor_samples, vector_quality
 from w12_jax.loop import generate, load_config_dataset
 from w12_jax.networks import make_flow_network
 from w12_jax.presets import MAIN, MAIN_PLAIN
@@ -130,20 +132,6 @@ def sampler_reports(config: Config, params, x0: np.ndarray, fine: np.ndarray, qu
     return out
 
 
-def cached(workdir: str, key: dict, compute: Callable[[], dict], filename: str = "few_step.json") -> dict:
-    """compute(), stored in workdir/filename and reused while `key` (checkpoint step, n, ...) is the same."""
-    path = os.path.join(workdir, filename)
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("key") == key:
-            return stored["value"]
-    value = compute()
-    with open(path, "w") as f:
-        json.dump({"key": key, "value": value}, f)
-    return value
-
-
 def measured(workdir: str, cfg: Config, state, x0: np.ndarray, quality: Callable, sampler_list: list | None = None,
              filename: str = "few_step.json") -> tuple[dict, dict]:
     """(flow_report, sampler_reports) of the trained `state` from x0, cached in workdir/filename per checkpoint
@@ -187,12 +175,13 @@ def mnist(args) -> tuple[list, dict, dict]:
     base = MAIN_PLAIN  # the variants are changes of the main job without its velocity penalty
     quality = digit_quality(classifier, accuracy, load_config_dataset(base))
     rows, results, grids = [], {}, {}
+    results["floor"], args.floor_text = digit_floor_text(base, load_config_dataset(base), args.n)
     for variant in args.variants:
         iterations = args.iterations.get(variant, args.iterations.get(None))
         cfg, state, status, seconds, workdir = train_variant(base, variant, iterations, "mnist")
         if state is None:
             results[variant] = {"status": status}
-            rows.append([variant, "diverged"] + ["–"] * 8)
+            rows.append([variant, "diverged"] + ["–"] * 12)
             continue
         params = state.potential_ema
         x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
@@ -202,9 +191,8 @@ def mnist(args) -> tuple[list, dict, dict]:
                             "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
-            rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], r["frechet_distance"],
-                         r["class_entropy"], r["deviation"], flow["ke_over_bound"], flow["straightness_ratio"],
-                         seconds])
+            rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], *digit_cells(r), r["deviation"],
+                         flow["ke_over_bound"], flow["straightness_ratio"], seconds])
         grids[variant] = sampler_rows(cfg, params, x0[:8])
     return rows, results, grids
 
@@ -218,6 +206,10 @@ def lowdim(args) -> tuple[list, dict]:
         base = config_for(dataset, 12, "w1w2", schedule)
         ds = load_config_dataset(base)
         held = ds.heldout[:2000]
+        floor = vector_quality(floor_samples(ds, 2000), held, embedded=True, sinkhorn=False)
+        rows.append([dataset, "training points (the floor)", "–", "–",
+                     interval_cell(floor["energy_distance"], floor["energy_distance_interval"]), 0.0, "–", "–", "–",
+                     "–"])
         for variant in args.variants:
             cfg, state, status, seconds, workdir = train_variant(base, variant, None, f"{dataset}12d")
             name = f"{dataset}12d-{variant}"
@@ -227,14 +219,17 @@ def lowdim(args) -> tuple[list, dict]:
             x0, _ = generate(cfg, state.potential_ema, 2000, num_steps=1)
 
             def quality(x_T):
-                return {"energy_distance": float(metrics.energy_distance(x_T, held)),
-                        "off_manifold_mass": float(metrics.off_manifold_mass(x_T, 2))}
+                q = vector_quality(x_T, held, embedded=True, sinkhorn=False)
+                return {k: q[k] for k in ("energy_distance", "energy_distance_interval", "off_manifold_mass",
+                                          "off_manifold_mass_interval")}
 
             flow, per_sampler = measured(workdir, cfg, state, x0, quality)
             results[name] = {"config": cfg.to_dict(), "status": status, "training_seconds": seconds,
                              "flow": flow, "samplers": per_sampler}
             for label, r in per_sampler.items():
-                rows.append([dataset, variant, label, r["nfe"], r["energy_distance"], r["off_manifold_mass"],
+                rows.append([dataset, variant, label, r["nfe"],
+                             interval_cell(r["energy_distance"], r.get("energy_distance_interval")),
+                             interval_cell(r["off_manifold_mass"], r.get("off_manifold_mass_interval")),
                              r["deviation"], flow["ke_over_bound"], flow["straightness_ratio"], seconds])
     return rows, results
 
@@ -256,15 +251,18 @@ def main(argv=None):
     labels = [label for label, _ in samplers(5.0)]
     digit_rows_figure(grids, labels,
                       os.path.join(args.out, f"digits{stem}.png"))
-    header = ["variant", "sampler", "NFE", "Fréchet", "class entropy", "deviation vs fine", "KE / bound",
-              "straightness", "training s"]
+    header = ["variant", "sampler", "NFE", *DIGIT_HEADER, "deviation vs fine", "KE / bound", "straightness",
+              "training s"]
     variants = "\n".join(f"- `{v}`: {VARIANTS[v][0]}" for v in args.variants)
     text = (f"# Few-step sampling: MNIST\n\n"
             f"Command: `{command_line('experiments.few_step', argv)}`\n\nMachine: {machine()}\n\n{variants}\n\n"
             f"{args.n} samples from the same x0 per sampler (PRNGKey(0), clipped to [0, 1] for the digit "
             f"classifier). Deviation: mean|x_T − x_T^fine| over the mean distance between independent samples, "
             f"against Euler with {FINE_STEPS} steps (h = 1/64 in the paper's units); KE / bound and "
-            f"straightness on that fine path.\n\n{markdown_table(header, rows)}\n\n"
+            f"straightness on that fine path. Each figure with its 95 % sampling interval; precision and recall: "
+            f"k-NN manifolds (k = {metrics.PRECISION_RECALL_NEIGHBOURS}) in the classifier's features; min class: the "
+            f"rarest digit's share; nearest train: mean distance to the nearest training digit.\n\n"
+            f"{markdown_table(header, rows)}\n\n{args.floor_text}\n\n"
             f"![digits](digits{stem}.png)\n")
     if args.lowdim:
         low_rows, low_results = lowdim(args)
@@ -273,7 +271,7 @@ def main(argv=None):
                   "deviation vs fine", "KE / bound", "straightness", "training s"]
         text += (f"\n## Moons and pinwheel in 12-D\n\nThe W1⊕W2 preset on the manifolds experiment's CPU "
                  f"schedule (2000 iterations, 10x the paper's learning rates); 2000 samples, energy distance to "
-                 f"2000 held-out points.\n\n{markdown_table(header, low_rows)}\n")
+                 f"2000 held-out points [95 % bootstrap interval]; the floor row: 2000 training points against them.\n\n{markdown_table(header, low_rows)}\n")
     write_results(args.out, results, text, stem)
 
 

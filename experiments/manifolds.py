@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.common import RESULTS, RUNS, command_line, machine, markdown_table, train_or_diverge  # noqa: E402
+from experiments.common import RESULTS, RUNS, command_line, machine, markdown_table, train_or_diverge, versions  # noqa: E402
 from w12_jax.evaluation import evaluate  # noqa: E402
 from w12_jax.loop import generate, load_config_dataset  # noqa: E402
 from w12_jax.presets import get_preset  # noqa: E402
@@ -97,7 +97,7 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "scatter.png"), dpi=80)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(reports, f, indent=2)
+        json.dump({**reports, "versions": versions()}, f, indent=2)
     header = ["data", "D", "case", "run", "authors' Sinkhorn"] + list(COLUMNS)
     text = (f"# Manifolds: W1⊕W2 vs W1-only vs W2-only\n\nCommand: `{command_line('experiments.manifolds', argv)}`\n\nMachine: {machine()}\n\n"
             f"Sinkhorn divergence as the authors measure it (debiased, cost ½|x − y|², eps = 0.0025, first two "

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.common import RESULTS, RUNS, command_line, machine, markdown_table, train_or_diverge  # noqa: E402
+from experiments.common import RESULTS, RUNS, command_line, machine, markdown_table, train_or_diverge, versions  # noqa: E402
 from w12_jax.plots import read_jsonl  # noqa: E402
 from w12_jax.presets import CASE_NAMES, get_preset  # noqa: E402
 
@@ -120,7 +120,8 @@ def main(argv=None):
             text += f"\n{CASE_NAMES[case]}: ![{case}]({case}_samples.png)\n"
             shutil.copyfile(os.path.join(runs, case, "samples.png"), os.path.join(args.out, f"{case}_samples.png"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({c: {k: v for k, v in r.items()} for c, r in results.items()}, f, indent=1, default=float)
+        json.dump({**{c: {k: v for k, v in r.items()} for c, r in results.items()}, "versions": versions()}, f,
+                  indent=1, default=float)
     with open(os.path.join(args.out, "README.md"), "w") as f:
         f.write(text)
     print(text)

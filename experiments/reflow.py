@@ -20,8 +20,8 @@ import time
 import jax
 import numpy as np
 
-from experiments.common import RESULTS, command_line, digit_quality, digit_rows_figure, machine, \
-    markdown_table, write_results
+from experiments.common import DIGIT_HEADER, RESULTS, command_line, digit_cells, digit_floor_text, digit_quality, \
+    digit_rows_figure, machine, markdown_table, write_results
 from experiments.few_step import measured, sampler_rows, samplers
 from w12_jax import metrics
 from w12_jax.checkpoint import CheckpointError, Checkpointer
@@ -73,8 +73,8 @@ def main(argv=None):
         flow, per_sampler = measured(run_dir, cfg, st, x0, quality)
         results[name] = {"workdir": run_dir, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
-            rows.append([name, label, r["nfe"], r["frechet_distance"], r["class_entropy"], r["deviation"],
-                         flow["ke_over_bound"], flow["straightness_ratio"]])
+            rows.append([name, label, r["nfe"], *digit_cells(r), r["deviation"], flow["ke_over_bound"],
+                         flow["straightness_ratio"]])
         grids[name] = sampler_rows(cfg, st.potential_ema, x0[:8])
     results["reflow"] = {"pairs": args.pairs, "pair_steps": args.pair_steps, "iterations": args.iterations,
                          "lr": args.lr, "seed": args.seed, "pair_seconds": pair_seconds,
@@ -82,15 +82,16 @@ def main(argv=None):
                          "loss_first_100": float(np.mean(losses[:100])), "loss_last_100": float(np.mean(losses[-100:]))}
     os.makedirs(args.out, exist_ok=True)
     digit_rows_figure(grids, [label for label, _ in samplers(cfg.T)], os.path.join(args.out, "digits.png"))
-    header = ["flow", "sampler", "NFE", "Fréchet", "class entropy", "deviation vs fine", "KE / bound",
-              "straightness"]
+    header = ["flow", "sampler", "NFE", *DIGIT_HEADER, "deviation vs fine", "KE / bound", "straightness"]
+    results["floor"], floor_text = digit_floor_text(cfg, load_config_dataset(cfg), args.n)
     r = results["reflow"]
     text = (f"# Reflow of `{workdir}`\n\nCommand: `{command_line('experiments.reflow', argv)}`\n\n"
             f"Machine: {machine()}\n\n{args.pairs} pairs (Euler, {args.pair_steps} steps) in {pair_seconds:.0f} s; "
             f"{args.iterations} reflow iterations (B = {cfg.batch_size}, Adam lr {args.lr:g}) in "
             f"{reflow_seconds:.0f} s; reflow loss {r['loss_first_100']:.4g} over the first 100 iterations, "
             f"{r['loss_last_100']:.4g} over the last 100. {args.n} samples from the same x0 per sampler.\n\n"
-            f"{markdown_table(header, rows)}\n\n![digits](digits.png)\n")
+            f"Each figure with its 95 % sampling interval.\n\n{markdown_table(header, rows)}\n\n{floor_text}\n\n"
+            f"![digits](digits.png)\n")
     write_results(args.out, results, text)
 
 
