@@ -3,7 +3,7 @@
 
     python -m benchmarks.sampling [--n 1000] [--repeats 3]
 
-Uses the paper's MNIST potential (DESIGN.md §6) at its initialisation: fixed-step cost does not depend on
+Uses the paper's MNIST potential (design.md §6) at its initialisation: fixed-step cost does not depend on
 the weights; adaptive NFE does, so treat adaptive rows as an illustration. Timings are not asserted.
 """
 

@@ -1,6 +1,6 @@
 """The same outer iteration in PyTorch (eager, CPU build): the framework a user would otherwise pick.
 
-Same networks (DESIGN.md §6 MNIST pair), same flow (K forward-Euler steps of −∇U/lam, U frozen for the
+Same networks (design.md §6 MNIST pair), same flow (K forward-Euler steps of −∇U/lam, U frozen for the
 critic), same losses (KL dual + one-sided GP; mean phi(x_K) + lam·KE through the unrolled flow with
 create_graph) and the same logged indicators (HJ residual from ∂tU, terminal residual, |∇phi| on generated
 and real samples). Benchmark-only: PyTorch is never a dependency of w12_jax.

@@ -1,4 +1,4 @@
-"""W1⊕W2 against flow matching with the same data, over several training seeds (DESIGN.md §11).
+"""W1⊕W2 against flow matching with the same data, over several training seeds (design.md §11).
 
     python -m experiments.compare                        # main job and yardstick, seeds 0 1 2; low-dim
     python -m experiments.compare --skip-lowdim          # MNIST only

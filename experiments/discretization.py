@@ -1,4 +1,4 @@
-"""Discretization study (DESIGN.md §7, §9; the paper's Figure 3): sample the trained W1-only and W1⊕W2
+"""Discretization study (design.md §7, §9; the paper's Figure 3): sample the trained W1-only and W1⊕W2
 MNIST flows from the same x0 with Euler at h ∈ {1, 1/2, 1/4, 1/8, 1/64}, Heun, Tsit5 and adaptive Dopri5.
 
     python -m experiments.discretization [--full] [--n 1000]

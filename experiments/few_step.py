@@ -1,4 +1,4 @@
-"""Few-step sampling (issue "Straight flows", DESIGN.md §5, §11): how well do 1, 2, 3 and 5 Euler steps, Heun
+"""Few-step sampling (issue "Straight flows", design.md §5, §11): how well do 1, 2, 3 and 5 Euler steps, Heun
 at 2 and 4 NFE and adaptive Dopri5 sample a trained flow, against the fine solve (Euler h = T/320)?
 
     python -m experiments.few_step                       # MNIST: main job without and with its penalty, W1
@@ -40,7 +40,7 @@ FINE_SAVE = 65  # points of the fine path kept for the kinetic energy and straig
 
 
 def straight(cfg: Config) -> Config:
-    """The straight-flow change measured at full length: the velocity-consistency penalty (DESIGN.md §11)
+    """The straight-flow change measured at full length: the velocity-consistency penalty (design.md §11)
     with weight 50 (10x the kinetic energy's excess over the straight-line bound in the main job's loss)."""
     return dataclasses.replace(cfg, velocity_weight=50.0)
 

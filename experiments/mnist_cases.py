@@ -1,4 +1,4 @@
-"""The four cases of the paper on MNIST (DESIGN.md §4, §8): unregularized, W2 only, W1 only, W1⊕W2.
+"""The four cases of the paper on MNIST (design.md §4, §8): unregularized, W2 only, W1 only, W1⊕W2.
 
     python -m experiments.mnist_cases            # CPU schedule (see CPU_NETWORK), well under an hour
     python -m experiments.mnist_cases --full     # the paper's presets: 5000 iterations (200 diverging)

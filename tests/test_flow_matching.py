@@ -1,4 +1,4 @@
-"""Flow matching (DESIGN.md §11): exact OT pairs, the I-CFM minimiser for Gaussians, the data-parallel step."""
+"""Flow matching (design.md §11): exact OT pairs, the I-CFM minimiser for Gaussians, the data-parallel step."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Closed-form solutions of the MFG system (DESIGN.md §5): HJ residual, straight paths, kinetic energy."""
+"""Closed-form solutions of the MFG system (design.md §5): HJ residual, straight paths, kinetic energy."""
 
 import jax
 import jax.numpy as jnp

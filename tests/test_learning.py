@@ -13,7 +13,7 @@ from w12_jax.reference import sample_reference
 from w12_jax.sample import sample
 from w12_jax.train import init_train_state, make_train_step
 
-# DESIGN.md §6 low-dim setting (T, h, lam, L, mu, networks) with larger learning rates for a short run
+# design.md §6 low-dim setting (T, h, lam, L, mu, networks) with larger learning rates for a short run
 CFG = Config(dataset="8gaussians", data_shape=(2,), architecture="mlp", reference="gaussian", T=1.0, dt=0.2,
              lam=0.5, L=1.0, gp_weight=0.1, potential_hidden=(64,) * 5, potential_activation="tanh",
              discriminator_hidden=(64,) * 3, batch_size=200, lr_potential=1e-3, lr_discriminator=1e-3,

@@ -14,7 +14,7 @@ from w12_jax.config import Config, ConfigError
 from w12_jax.loop import train_and_evaluate
 from w12_jax.train import METRICS, init_train_state, make_train_step
 
-# DESIGN.md §6 low-dim structure, shrunk so that one iteration is milliseconds; batch divisible by 4 devices
+# design.md §6 low-dim structure, shrunk so that one iteration is milliseconds; batch divisible by 4 devices
 TINY = Config(dataset="8gaussians", data_shape=(2,), architecture="mlp", reference="gaussian", T=1.0, dt=0.5,
               lam=0.5, potential_hidden=(8, 8), potential_activation="tanh", discriminator_hidden=(8,),
               batch_size=8, n_critic=2, iterations=6, num_samples=200, checkpoint_every=2, sample_every=100,

@@ -1,4 +1,4 @@
-"""Straightness penalties (DESIGN.md §11): zero on the closed-form MFG solutions (DESIGN.md §5), positive on
+"""Straightness penalties (design.md §11): zero on the closed-form MFG solutions (design.md §5), positive on
 the flipped-sign HJ solution, and differentiable as the potential's loss needs (gradients match finite
 differences)."""
 

@@ -1,4 +1,4 @@
-"""Presets carry the hyper-parameters of DESIGN.md §6; the four cases differ only in the two switches."""
+"""Presets carry the hyper-parameters of design.md §6; the four cases differ only in the two switches."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""One frozen configuration object naming every hyper-parameter of DESIGN.md §6.
+"""One frozen configuration object naming every hyper-parameter of design.md §6.
 
 The four cases of the paper are values of two switches, not code paths:
 
@@ -24,7 +24,7 @@ LR_SCHEDULES = ("constant", "cosine")
 MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
 OBJECTIVES = ("mfg", "icfm", "otcfm")
 VELOCITY_FIELDS = ("potential", "direct")
-PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # DESIGN.md §11
+PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # design.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 
 
@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Hyper-parameters of one W1⊕W2 run (defaults: the paper's MNIST run, DESIGN.md §6)."""
+    """Hyper-parameters of one W1⊕W2 run (defaults: the paper's MNIST run, design.md §6)."""
 
     # data and reference distribution rho_0
     dataset: str = "mnist5k"
@@ -58,12 +58,12 @@ class Config:
     alpha: float = 2.0  # for divergence='alpha' (alpha > 1)
     use_w1: bool = True  # Lipschitz gradient penalty on phi
     use_w2: bool = True  # kinetic-energy term in the potential loss
-    # straightness penalties on the potential loss (DESIGN.md §11; 0 = off, the paper's objective)
+    # straightness penalties on the potential loss (design.md §11; 0 = off, the paper's objective)
     hj_weight: float = 0.0  # w_HJ · R_HJ, the HJ residual on the flowed particles
     terminal_weight: float = 0.0  # w_T · mean |∇U(x_K, T) − ∇phi(x_K)|, phi frozen
     velocity_weight: float = 0.0  # w_V · Σ_k h mean |∇U(x_{k+1}, t_{k+1}) − ∇U(x_k, t_k)|² / h²
     chord_weight: float = 0.0  # w_C · lam T mean ½|v(z, t) − (x_K − x0)/T|², z on the chord at t ~ U[0, T]
-    # training objective (DESIGN.md §11): "mfg", the paper's adversarial W1⊕W2 problem above, or conditional
+    # training objective (design.md §11): "mfg", the paper's adversarial W1⊕W2 problem above, or conditional
     # flow matching of the same network, "icfm" (independent pairs) or "otcfm" (exact minibatch OT pairs)
     objective: str = "mfg"
     velocity_field: str = "potential"  # v = −∇U/lam, or "direct": v(x, t) from the trunk with a d-dim head (CFM)
@@ -82,7 +82,7 @@ class Config:
     ema_decay: float = 0.0  # d > 0: sample from an exponential moving average of U's parameters (0: off)
     iterations: int = 5000
     seed: int = 0
-    # networks (DESIGN.md §6)
+    # networks (design.md §6)
     architecture: str = "conv"  # of U, and of phi unless discriminator_architecture says otherwise
     discriminator_architecture: str = "same"  # "same" as `architecture`, or "conv" / "mlp"; reset to "same"
     # by `override` when only `architecture` is assigned (so `--set architecture=mlp` means MLPs for both)
@@ -285,7 +285,7 @@ def _unknown_key_message(key: str, valid: tuple[str, ...]) -> str:
 
 
 def with_case(cfg: Config, case: str) -> Config:
-    """Select one of the paper's four cases: 'none', 'w2', 'w1', 'w1w2' (DESIGN.md §4)."""
+    """Select one of the paper's four cases: 'none', 'w2', 'w1', 'w1w2' (design.md §4)."""
     _one_of("case", case, tuple(CASES))
     use_w1, use_w2 = CASES[case]
     return dataclasses.replace(cfg, use_w1=use_w1, use_w2=use_w2)

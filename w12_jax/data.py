@@ -1,4 +1,4 @@
-"""Data sets and reference distributions (DESIGN §10, §6).
+"""Data sets and reference distributions (design.md §10, §6).
 
 Every loader returns a `Dataset` of float32 numpy arrays: images in [0, 1] (NHWC) with a uniform
 U[0, 0.5] reference, or 2-D toy sets (optionally zero-padded into R^D) with a standard Gaussian

@@ -1,6 +1,6 @@
 """Dual objectives of the Lipschitz-regularized f-divergence D_f^{Gamma_L}(P‖Q) and its gradient penalty.
 
-    D_f^{Gamma_L}(P‖Q) = sup_{phi L-Lipschitz} E_P[phi] − inf_nu ( nu + E_Q[f*(phi − nu)] )   (DESIGN.md §2)
+    D_f^{Gamma_L}(P‖Q) = sup_{phi L-Lipschitz} E_P[phi] − inf_nu ( nu + E_Q[f*(phi − nu)] )   (design.md §2)
 
 P is the generated law rho_T (samples x), Q the data pi (samples y). Each `dual(phi_x, phi_y)` returns the
 batch estimate of the bracket for the given values phi_x (n,), phi_y (m,); maximising it over phi gives the

@@ -1,4 +1,4 @@
-"""Evaluation of a trained flow (DESIGN.md §9): sample quality, flow straightness, kinetic energy, NFE.
+"""Evaluation of a trained flow (design.md §9): sample quality, flow straightness, kinetic energy, NFE.
 
     report = evaluate(config, state.potential_ema, dataset)
 

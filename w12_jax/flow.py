@@ -1,6 +1,6 @@
 """The flow dx/dt = −∇U(x, t)/lam: forward Euler unrolled for training, and its discrete kinetic energy.
 
-    x_{k+1} = x_k − (h/lam) ∇U(x_k, t_k),   t_k = k h,   K = T/h           (DESIGN.md §3)
+    x_{k+1} = x_k − (h/lam) ∇U(x_k, t_k),   t_k = k h,   K = T/h           (design.md §3)
     KE = Σ_k h · mean_i ½ |∇U(x_k^i, t_k)/lam|²   (the velocity actually used)
 """
 

@@ -1,4 +1,4 @@
-"""Conditional flow matching of the same flow network (DESIGN.md §11): I-CFM and OT-CFM.
+"""Conditional flow matching of the same flow network (design.md §11): I-CFM and OT-CFM.
 
     x_t = x0 + (t/T)(y − x0),   t ~ U[0, T],   loss = mean_i |v(x_t^i, t_i) − (y^i − x0^i)/T|²
 

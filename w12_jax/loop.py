@@ -1,4 +1,4 @@
-"""The training loop: feed the compiled step, log, checkpoint, resume, plot (DESIGN.md §6).
+"""The training loop: feed the compiled step, log, checkpoint, resume, plot (design.md §6).
 
     state = train_and_evaluate(get_preset("moons-w1w2"), "runs/moons-w1w2")
     state = train_and_evaluate(config, "runs/moons-w1w2", resume=True)   # continue from the latest checkpoint

@@ -1,4 +1,4 @@
-"""Evaluation metrics for W1⊕W2 proximal flows (DESIGN §5, §8, §9).
+"""Evaluation metrics for W1⊕W2 proximal flows (design.md §5, §8, §9).
 
 Three groups, all pure functions over explicit arrays (and PRNG keys where random):
 
@@ -214,7 +214,7 @@ def sliced_wasserstein2(x, y, key: Array, num_projections: int = 256) -> Array:
     return jnp.mean((px - py) ** 2)
 
 
-AUTHORS_EPSILON = 0.0025  # geomloss SamplesLoss("sinkhorn", p=2, blur=0.05): eps = blur² (DESIGN.md §8)
+AUTHORS_EPSILON = 0.0025  # geomloss SamplesLoss("sinkhorn", p=2, blur=0.05): eps = blur² (design.md §8)
 
 
 def sinkhorn_divergence(x, y, epsilon: float = AUTHORS_EPSILON, threshold: float = 1e-3,
@@ -222,7 +222,7 @@ def sinkhorn_divergence(x, y, epsilon: float = AUTHORS_EPSILON, threshold: float
     """Debiased Sinkhorn divergence S_eps(x, y) = OT_eps(x, y) − ½OT_eps(x, x) − ½OT_eps(y, y) with the cost
     ½|x − y|² (so S → ½W2² as eps → 0), uniform weights, through ott-jax. x: (n, d), y: (m, d) -> scalar.
 
-    The authors' low-dimensional figures use eps = 0.0025 on the first two coordinates (DESIGN.md §8).
+    The authors' low-dimensional figures use eps = 0.0025 on the first two coordinates (design.md §8).
     eps is annealed from 1 (×0.9 per iteration) to its target, which takes most of the iterations out of
     a small-eps solve; `threshold` is the marginal error at which each Sinkhorn solve stops.
     """
@@ -265,6 +265,60 @@ def _sinkhorn_divergence(x: Array, y: Array, epsilon: float, threshold: float,
     return value, variance
 
 
+AUTHORS_BLUR, AUTHORS_SCALING = 0.05, 0.5  # geomloss SamplesLoss("sinkhorn", p=2, blur=0.05), default scaling
+
+
+def eps_scaling_sinkhorn_divergence(x, y, blur: float = AUTHORS_BLUR, scaling: float = AUTHORS_SCALING) -> Array:
+    """Debiased Sinkhorn divergence by ε-scaling, the estimator the authors' figures come from (geomloss's
+    SamplesLoss("sinkhorn", p=2, blur, scaling), design.md §8): cost C = ½|x − y|², uniform weights.
+
+    ε runs down the schedule D², then exp(e) for e from 2 log D to 2 log blur in steps of 2 log scaling, then
+    blur² (D: the diagonal of the joint bounding box); at each ε one averaged symmetric update of the four
+    potentials, f ← ½(f + softmin_ε(C, log b + g/ε)) and likewise g, f_xx, g_yy, with
+    softmin_ε(C, h)_i = −ε log Σ_j exp(h_j − C_ij/ε); then one last update at blur². The divergence is
+    mean_i (f_xy − f_xx)(x_i) + mean_j (g_xy − g_yy)(y_j). A fixed ~log(D/blur)/log(1/scaling) + 2 updates,
+    not a solve to convergence: it is the authors' number, not `sinkhorn_divergence`'s.
+    x: (n, d), y: (m, d) -> scalar. Memory: the n·m, n² and m² cost matrices.
+    """
+    x, y = _as_pair(x, y)
+    if not (0 < blur and 0 < scaling < 1):
+        raise ValueError(f"need blur > 0 and 0 < scaling < 1, got {blur}, {scaling}")
+    both = np.concatenate([np.asarray(x), np.asarray(y)])
+    diameter = float(np.linalg.norm(both.max(axis=0) - both.min(axis=0)))
+    schedule = ([diameter ** 2] + list(np.exp(np.arange(2 * np.log(diameter), 2 * np.log(blur), 2 * np.log(scaling))))
+                + [blur ** 2])
+    return _eps_scaling_sinkhorn(x, y, jnp.asarray(schedule, jnp.float32))
+
+
+@jax.jit
+def _eps_scaling_sinkhorn(x: Array, y: Array, schedule: Array) -> Array:
+    def cost(a, b):
+        return 0.5 * _sq_dists(a, b)
+
+    c_xy, c_xx, c_yy = cost(x, y), cost(x, x), cost(y, y)
+    log_a = jnp.full(x.shape[0], -jnp.log(x.shape[0]))
+    log_b = jnp.full(y.shape[0], -jnp.log(y.shape[0]))
+
+    def softmin(eps, c, h):  # −ε log Σ_j exp(h_j − c_ij/ε), over the columns of c
+        return -eps * jax.nn.logsumexp(h[None, :] - c / eps, axis=1)
+
+    def update(eps, f_ba, g_ab, f_aa, g_bb):
+        return (softmin(eps, c_xy, log_b + g_ab / eps), softmin(eps, c_xy.T, log_a + f_ba / eps),
+                softmin(eps, c_xx, log_a + f_aa / eps), softmin(eps, c_yy, log_b + g_bb / eps))
+
+    eps0 = schedule[0]
+    start = (softmin(eps0, c_xy, log_b), softmin(eps0, c_xy.T, log_a), softmin(eps0, c_xx, log_a),
+             softmin(eps0, c_yy, log_b))
+
+    def body(potentials, eps):
+        new = update(eps, *potentials)
+        return tuple(0.5 * (p + q) for p, q in zip(potentials, new)), None
+
+    potentials, _ = jax.lax.scan(body, start, schedule)
+    f_ba, g_ab, f_aa, g_bb = update(schedule[-1], *potentials)
+    return jnp.mean(f_ba - f_aa) + jnp.mean(g_ab - g_bb)
+
+
 def off_manifold_mass(x, manifold_dim: int = 2) -> Array:
     """Mean Euclidean norm of the padded coordinates:  mean_i |x_i[manifold_dim:]|.
 
@@ -298,7 +352,7 @@ def _check_T(T) -> float:
 def straightness_deviation(path, T: float) -> Array:
     """Σ_k h · mean_i |v_k^i − (x_K^i − x_0^i)/T|²,  v_k = (x_{k+1} − x_k)/h,  h = T/K.
 
-    0 exactly for straight, constant-speed paths (DESIGN §5, §9). Equals 2·(KE − straight-line
+    0 exactly for straight, constant-speed paths (design.md §5, §9). Equals 2·(KE − straight-line
     bound) of the same path. path: (K+1, n, *shape) -> scalar.
     """
     p = _as_path(path)
@@ -325,7 +379,7 @@ def straightness_ratio(path) -> Array:
 def path_kinetic_energy(path, T: float) -> Array:
     """Discrete kinetic energy of the path taken:  Σ_k h · mean_i ½|v_k^i|²,  v_k = (x_{k+1} − x_k)/h.
 
-    path: (K+1, n, *shape) -> scalar (DESIGN §3; ≥ straight_line_bound(x_0, x_K, T)).
+    path: (K+1, n, *shape) -> scalar (design.md §3; ≥ straight_line_bound(x_0, x_K, T)).
     """
     p = _as_path(path)
     T = _check_T(T)

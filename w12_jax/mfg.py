@@ -1,4 +1,4 @@
-"""Mean-field-game losses, optimality indicators and straightness penalties (DESIGN.md §5, §6, §11).
+"""Mean-field-game losses, optimality indicators and straightness penalties (design.md §5, §6, §11).
 
 Optimality: ∂tU − |∇U|²/(2 lam) = 0 (backward HJ), U(·, T) = phi* (terminal condition); then
 d/dt ∇U(x(t), t) = 0 along characteristics, so optimal paths are straight at constant speed. Each penalty
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 def hj_pointwise(dt_u, grad_u, lam):
     """∂tU − |∇U|²/(2 lam) per particle: dt_u (..., B), grad_u (..., B, *shape) -> (..., B)."""
-    # minus sign: with it, characteristics are straight lines (DESIGN.md §5); the authors' script has +
+    # minus sign: with it, characteristics are straight lines (design.md §5); the authors' script has +
     sq = jnp.sum(grad_u.reshape(dt_u.shape + (-1,)) ** 2, axis=-1)
     return dt_u - sq / (2.0 * lam)
 
@@ -35,7 +35,7 @@ def terminal_residual(grad_u_T, grad_phi_T):
 
 
 def velocity_consistency(grad_u, grad_u_T, h: float):
-    """R_V = Σ_{k<K} h · mean_i |∇U(x_{k+1}^i, t_{k+1}) − ∇U(x_k^i, t_k)|² / h² (DESIGN.md §11).
+    """R_V = Σ_{k<K} h · mean_i |∇U(x_{k+1}^i, t_{k+1}) − ∇U(x_k^i, t_k)|² / h² (design.md §11).
 
     grad_u (K, B, *shape) at (x_k, t_k), k < K, as `euler_flow` returns it; grad_u_T (B, *shape) at (x_K, T).
     The discrete form of d/dt ∇U(x(t), t) = 0: zero iff every Euler step uses the same velocity, and then one

@@ -1,4 +1,4 @@
-"""The potential U(x, t) and the discriminator phi(x) as Flax modules (DESIGN.md §6).
+"""The potential U(x, t) and the discriminator phi(x) as Flax modules (design.md §6).
 
 Images: conv(C ch, k×k, no bias) → ReLU → 2×2 max-pool, repeated, then an MLP (the paper's pair).
 Vectors: an MLP on the flattened input (with t appended for the potential).

@@ -1,4 +1,4 @@
-"""Named configurations: the paper's runs (DESIGN.md §6) as `Config` values.
+"""Named configurations: the paper's runs (design.md §6) as `Config` values.
 
     get_preset("mnist-w1")           # MNIST (mnist5k), W1 proximal only, paper hyper-parameters
     get_preset("pinwheel12d-w1w2")   # Pinwheel zero-padded into R^12, both proximals
@@ -24,7 +24,7 @@ class Preset(NamedTuple):
     description: str
 
 
-# DESIGN.md §6, MNIST column: the defaults of Config are the paper's MNIST W1⊕W2 run.
+# design.md §6, MNIST column: the defaults of Config are the paper's MNIST W1⊕W2 run.
 MNIST = Config(dataset="mnist5k", iterations=5000, log_every=10, checkpoint_every=500, sample_every=500)
 # The paper's unregularized and W2-only runs reach NaN before iteration 200.
 MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50, sample_every=50)
@@ -34,13 +34,13 @@ MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50
 # MLP 512³ for U, 256³ for phi), T, h, lam, L, KL divergence and Adam betas, resized for ~10 minutes on a
 # 2-core CPU: B = 100, n_D = 2 critic updates per outer iteration (the critic's gradient-penalty updates are
 # most of the step's cost), 2400 iterations at 0.22 s each. Learning rates 1e-3 for both networks and
-# gp_weight 5 (|∇phi| stays ≈ L = 1; the paper's 0.1 does not hold it, DESIGN.md §8): with 2e-3 the
+# gp_weight 5 (|∇phi| stays ≈ L = 1; the paper's 0.1 does not hold it, design.md §8): with 2e-3 the
 # conv potential hopped between modes (Fréchet distance 137, 362, 165 at iterations 1200, 1800, 2400), with
 # lr_potential 5e-4 too (186, 130, 184); with 1e-3 it stayed at 120, 122, 119 (seed 0). The MLP potential
 # (256³) that was the main job until 2026-11-25 reached 169 and left the reference noise in the background.
 MAIN_PLAIN = dataclasses.replace(MNIST, batch_size=100, n_critic=2, lr_potential=1e-3, lr_discriminator=1e-3,
                                  gp_weight=5.0, iterations=2400, checkpoint_every=600, sample_every=600)
-# The main job adds the velocity-consistency penalty (DESIGN.md §11) with weight 50: straighter flows, better
+# The main job adds the velocity-consistency penalty (design.md §11) with weight 50: straighter flows, better
 # at 1, 2 and 5 NFE and adaptively on two seeds (experiments/results/few_step/). The penalty costs 7–11 % per
 # iteration (0.748 vs 0.702 s and 0.72 vs 0.65 s, two side-by-side measurements on a 2-core EPYC), so 2180
 # iterations keep the CPU time of MAIN_PLAIN's 2400.
@@ -48,7 +48,7 @@ MAIN = dataclasses.replace(MAIN_PLAIN, velocity_weight=50.0, iterations=2180)
 MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, the paper's conv networks, B = 100, n_D = 2, lr 1e-3, "
                     "gp_weight 5, velocity_weight 50, 2180 iterations (~10 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
-# Flow matching of the same conv potential (DESIGN.md §11), the yardstick of experiments.compare: one
+# Flow matching of the same conv potential (design.md §11), the yardstick of experiments.compare: one
 # regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) as for any regression. lr 5e-4: after
 # 1500 OT-CFM iterations Fréchet distance 206 (class entropy 1.75) at 5 NFE, against 224 (1.56) with the main
 # job's 1e-3 (seed 0).
@@ -58,7 +58,7 @@ FLOW_MATCHING = {"cfm": "icfm", "otcfm": "otcfm"}  # preset suffix -> objective
 
 
 def lowdim_config(dataset: str, dim: int) -> Config:
-    """DESIGN.md §6 low-dim column: `dataset` in R^2, or zero-padded into R^dim (dim 7 or 12)."""
+    """design.md §6 low-dim column: `dataset` in R^2, or zero-padded into R^dim (dim 7 or 12)."""
     embedded = dim > 2
     return Config(
         dataset=dataset, data_shape=(dim,), embed_dim=dim if embedded else 0, num_samples=100_000,

@@ -1,4 +1,4 @@
-"""The reference distribution rho_0 (DESIGN.md §1): uniform on [low, high]^d (images) or N(0, s² I)."""
+"""The reference distribution rho_0 (design.md §1): uniform on [low, high]^d (images) or N(0, s² I)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sampling: integrate dx/dt = −∇U(x, t)/lam from t = 0 to T with any diffrax solver (DESIGN.md §7).
+"""Sampling: integrate dx/dt = −∇U(x, t)/lam from t = 0 to T with any diffrax solver (design.md §7).
 
     res = sample(potential, params, x0, T=5.0, lam=0.05, solver="heun", num_steps=8)
     res = sample(potential, params, x0, T=5.0, lam=0.05, solver=diffrax.Dopri5(), rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""The train state and the compiled, data-parallel outer iteration (DESIGN.md §6; flow matching: §11).
+"""The train state and the compiled, data-parallel outer iteration (design.md §6; flow matching: §11).
 
 One outer iteration = n_D discriminator updates (a `lax.scan`) + one potential update, compiled as one
 program. The batch axis is sharded over a 1-D device mesh ("data"); parameters are replicated, so the
@@ -89,7 +89,7 @@ def phase_config(config: Config, phase: int | str) -> Config:
 
 
 def make_optimizers(config: Config):
-    """Adam(beta1, beta2) for U and for phi (DESIGN.md §6); phi takes n_critic updates per iteration."""
+    """Adam(beta1, beta2) for U and for phi (design.md §6); phi takes n_critic updates per iteration."""
     lr_u = learning_rate(config, config.lr_potential, config.iterations)
     lr_phi = learning_rate(config, config.lr_discriminator, config.iterations * config.n_critic)
     return (optax.adam(lr_u, b1=config.beta1, b2=config.beta2),
@@ -152,7 +152,7 @@ def critic_loss(config: Config, params, x_T, y, key):
 
 
 def straightness_penalties(config: Config, u, critic_params, x0, flow, key) -> dict:
-    """The penalties of DESIGN.md §11 whose weight is > 0, unweighted, by config key (see `mfg`).
+    """The penalties of design.md §11 whose weight is > 0, unweighted, by config key (see `mfg`).
 
     hj_weight: R_HJ on the flowed particles; terminal_weight: R_T with phi frozen; velocity_weight: R_V;
     chord_weight: R_C at t_i ~ U[0, T] (from `key`) on the chords x0 → x_K, held fixed (stop_gradient) so
