@@ -227,6 +227,8 @@ def format_report(report: dict) -> str:
         interval = report.get(k + "_interval")
         if isinstance(v, list):
             v = " ".join(f"{x:.3f}" for x in v)
+        elif isinstance(v, dict):
+            v = " ".join(f"{name} {value}" for name, value in v.items())
         text = f"{v:.6g}" if isinstance(v, float) else f"{v}"
         if interval:
             text += f"  [{interval[0]:.6g}, {interval[1]:.6g}] 95 %"
@@ -253,6 +255,9 @@ def cmd_evaluate(args) -> int:
     report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case, "method": config.method,
               **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed, solver=args.solver,
                          num_steps=num_steps, rtol=args.rtol)}
+    from w12_jax.provenance import git_revision, package_versions
+
+    report.update(versions=package_versions(), git_revision=git_revision())
     path = args.out or os.path.join(args.workdir, "evaluation.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
