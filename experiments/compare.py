@@ -214,13 +214,13 @@ def verdict(summary: dict, sampler: str, figure: str = "frechet_distance", lower
     return "main job ahead" if main_ahead else "OT-CFM ahead"
 
 
-def _seeds_cell(s: dict | None, digits: int = 3) -> str:
+def _seeds_cell(s: dict | None, digits: int = 3, interval: bool = True) -> str:
     if s is None:
         return "–"
     if s["sd"] is None:
         return f"{s['mean']:.{digits}g} (1 seed)"
     lo, hi = s["interval"]
-    return f"{s['mean']:.{digits}g} ± {s['sd']:.2g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+    return f"{s['mean']:.{digits}g} ± {s['sd']:.2g}" + (f" [{lo:.{digits}g}, {hi:.{digits}g}]" if interval else "")
 
 
 def _interval_cell(value: float, interval, digits: int = 3) -> str:
@@ -233,8 +233,10 @@ def mnist_text(results: dict, seeds: list) -> str:
     methods = [m for m in MNIST_METHODS if m in summary]
     samplers = list(next(iter(summary.values()))) if summary else []
     fd_rows = [[label] + [_seeds_cell(summary[m][label]["frechet_distance"]) for m in methods]
-               + [verdict(summary, label)] for label in samplers]
-    cover_rows = [[label, MNIST_METHODS[m][0]] + [_seeds_cell(summary[m][label][f], 2) for f in FIGURES[1:]]
+               + [verdict(summary, label)] + [verdict(summary, label, f, lower_is_better=False)
+                                              for f in ("precision", "recall")] for label in samplers]
+    cover_rows = [[label, MNIST_METHODS[m][0]] + [_seeds_cell(summary[m][label][f], 2, interval=False)
+                                                  for f in FIGURES[1:]]
                   for label in samplers for m in methods]
     floor_row = [["training digits (the floor)"] + [_interval_cell(floor[f], floor[f + "_interval"], 3)
                                                     for f in ("frechet_distance", "precision", "recall",
@@ -265,8 +267,9 @@ def mnist_text(results: dict, seeds: list) -> str:
         f"in the features of the project's digit classifier (trained on the training part only).\n\n"
         f"Cells: mean ± sd over the seeds [95 % Student-t interval of the mean]. A method is called ahead only "
         f"where those intervals do not overlap.\n\n### Fréchet distance\n\n"
-        + markdown_table(["sampler"] + [MNIST_METHODS[m][0] for m in methods] + ["verdict"], fd_rows)
-        + "\n\n### Coverage and memorisation\n\nPrecision and recall: k-NN manifolds (k = "
+        + markdown_table(["sampler"] + [MNIST_METHODS[m][0] for m in methods]
+                         + ["Fréchet verdict", "precision verdict", "recall verdict"], fd_rows)
+        + "\n\n### Coverage and memorisation (mean ± sd over the seeds)\n\nPrecision and recall: k-NN manifolds (k = "
         f"{metrics.PRECISION_RECALL_NEIGHBOURS}, Kynkäänniemi et al. 2019) in the classifier's features, generated "
         f"samples against the held-out digits; min class: the rarest digit's share of the samples (all ten equal: "
         f"0.1); nearest train: mean L2 distance of a sample to its nearest training digit (a copy scores 0).\n\n"
