@@ -35,7 +35,11 @@ def versions() -> dict:
 def machine() -> str:
     """One line naming the machine the numbers come from."""
     dev = jax.devices()[0]
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, JAX {jax.__version__} on "
+    model = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((" " + line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{model}, JAX {jax.__version__} on "
             f"{jax.default_backend()} ({dev.device_kind}, {jax.device_count()} device(s))")
 
 

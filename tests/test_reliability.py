@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from w12_jax.checkpoint import Checkpointer
 from w12_jax.cli import main
 from w12_jax.config import CASES, FIELD_TYPES, Config, override, parse_assignment
-from w12_jax.loop import PACKAGES, STATE_PARTS
+from w12_jax.loop import STATE_PARTS
+from w12_jax.provenance import PACKAGES
 from w12_jax.presets import get_preset
 from w12_jax.train import METRICS
 
@@ -141,7 +142,7 @@ def test_two_fresh_runs_are_bit_identical_and_workdir_records_the_run(reference)
     with open(reference / "run_info.json") as f:
         info = json.load(f)
     assert info["seed"] == config.seed
-    assert set(info["versions"]) == set(PACKAGES) and all(info["versions"].values()), info["versions"]
+    assert set(info["versions"]) == {"python", *PACKAGES} and all(info["versions"].values()), info["versions"]
     here = os.path.dirname(os.path.abspath(__file__))
     git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True)
     if git.returncode == 0:  # a git checkout: the revision (with -dirty when modified) is recorded
