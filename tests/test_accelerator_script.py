@@ -26,7 +26,9 @@ def test_accelerator_script_smoke_runs_every_step_and_reports_in_8_files(tmp_pat
         nfe = {label: e["nfe"] for label, e in run["evaluation"].items()}
         assert [nfe["euler 1"], nfe["euler 2"], nfe["euler 5"]] == [1, 2, 5] and nfe["dopri5 1e-4"] > 5, nfe
         assert all(e["num_samples"] == 8 and e["frechet_distance"] > 0 for e in run["evaluation"].values())
-    assert set(results["discretization"]) == {"w1w2", "w1"}
+    assert set(results["discretization"]) == {"w1w2", "w1", "floor", "versions"}
+    assert results["discretization"]["floor"]["frechet_distance_interval"][0] <= \
+        results["discretization"]["floor"]["frechet_distance"]
     assert results["discretization"]["w1w2"]["euler h=1/64"]["deviation"] == 0.0
     step = results["train_step"]["default"]
     assert step["optimized_seconds"] > 0 and step["baseline_library_layers_seconds"] > 0
