@@ -35,10 +35,9 @@ def versions() -> dict:
 def machine() -> str:
     """One line naming the machine the numbers come from."""
     dev = jax.devices()[0]
-    model = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((" " + line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    from w12_jax.provenance import cpu_model
+
+    model = f" {cpu_model()}" if cpu_model() else ""
     return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{model}, JAX {jax.__version__} on "
             f"{jax.default_backend()} ({dev.device_kind}, {jax.device_count()} device(s))")
 
@@ -122,7 +121,6 @@ def digit_floor_text(config: Config, dataset, n: int) -> tuple[dict, str]:
     from w12_jax.evaluation import quality_floor
 
     floor = quality_floor(config, dataset, n)
-    floor.setdefault("min_class_fraction", float("nan"))
     text = (f"The floor: {n} training digits scored the same way against the same {len(dataset.heldout[:n])} "
             f"held-out digits (nearest train: the held-out digits' own distance to the training set).\n\n"
             + markdown_table(["", *DIGIT_HEADER], [["training digits", *digit_cells(floor)]]))

@@ -28,8 +28,8 @@ import time
 import jax
 import numpy as np
 
-from experiments.common import RESULTS, RUNS, cached, command_line, digit_quality, digit_rows_figure, machine, \
-    markdown_table, train_or_diverge, write_results
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, cached, command_line, digit_cells, digit_quality, \
+    digit_rows_figure, interval_cell, machine, markdown_table, train_or_diverge, write_results
 from w12_jax import intervals, metrics
 from w12_jax.config import Config
 from w12_jax.data import sample_batches
@@ -188,7 +188,7 @@ def mnist(args) -> tuple[dict, dict]:
                     for _, kw in mnist_samplers(cfg.T)]
     floor = quality_floor(MAIN_JOB, dataset, args.n)
     return {"seconds_per_iteration": per_it, "budget_seconds": MAIN_JOB.iterations * per_it["main"],
-            "n": args.n, "floor": floor, "runs": runs, "summary": summarize(runs)}, grids
+            "n": args.n, "heldout": len(dataset.heldout[:args.n]), "floor": floor, "runs": runs, "summary": summarize(runs)}, grids
 
 
 def summarize(runs: dict) -> dict:
@@ -223,10 +223,6 @@ def _seeds_cell(s: dict | None, digits: int = 3, interval: bool = True) -> str:
     return f"{s['mean']:.{digits}g} ± {s['sd']:.2g}" + (f" [{lo:.{digits}g}, {hi:.{digits}g}]" if interval else "")
 
 
-def _interval_cell(value: float, interval, digits: int = 3) -> str:
-    return f"{value:.{digits}g} [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]"
-
-
 def mnist_text(results: dict, seeds: list) -> str:
     """The markdown of the MNIST part: seed summary with verdicts, coverage, the floor, every run."""
     summary, floor = results["summary"], results["floor"]
@@ -238,23 +234,15 @@ def mnist_text(results: dict, seeds: list) -> str:
     cover_rows = [[label, MNIST_METHODS[m][0]] + [_seeds_cell(summary[m][label][f], 2, interval=False)
                                                   for f in FIGURES[1:]]
                   for label in samplers for m in methods]
-    floor_row = [["training digits (the floor)"] + [_interval_cell(floor[f], floor[f + "_interval"], 3)
-                                                    for f in ("frechet_distance", "precision", "recall",
-                                                              "class_entropy")]
-                 + [f"{floor['min_class_fraction']:.3f}",
-                    _interval_cell(floor["nearest_train_distance"], floor["nearest_train_distance_interval"])]]
+    floor_row = [["training digits (the floor)", *digit_cells(floor)]]
     run_rows = []
     for name, r in results["runs"].items():
         if "samplers" not in r:
             run_rows.append([name, r["iterations"], "diverged"] + ["–"] * 8)
             continue
         for label, q in r["samplers"].items():
-            run_rows.append([name, r["iterations"], label, q["nfe"]]
-                            + [_interval_cell(q[f], q[f + "_interval"]) for f in
-                               ("frechet_distance", "precision", "recall", "class_entropy")]
-                            + [f"{q['min_class_fraction']:.3f}",
-                               _interval_cell(q["nearest_train_distance"], q["nearest_train_distance_interval"]),
-                               f"{r['flow']['ke_over_bound']:.3f}"])
+            run_rows.append([name, r["iterations"], label, q["nfe"], *digit_cells(q),
+                             f"{r['flow']['ke_over_bound']:.3f}"])
     per_it = results["seconds_per_iteration"]
     n = results["n"]
     return (
@@ -263,7 +251,7 @@ def mnist_text(results: dict, seeds: list) -> str:
         f"rates measured side by side in one process ("
         + ", ".join(f"{m} {s:.4f} s" for m, s in per_it.items())
         + f" per iteration; budget {results['budget_seconds']:.0f} s). Every flow is scored on {n} samples from "
-        f"the same x0 against the {len(load_config_dataset(MAIN_JOB).heldout)} held-out digits of the fixed split (no run trains on them), "
+        f"the same x0 against the {results['heldout']} held-out digits of the fixed split (no run trains on them), "
         f"in the features of the project's digit classifier (trained on the training part only).\n\n"
         f"Cells: mean ± sd over the seeds [95 % Student-t interval of the mean]. A method is called ahead only "
         f"where those intervals do not overlap.\n\n### Fréchet distance\n\n"
@@ -277,13 +265,11 @@ def mnist_text(results: dict, seeds: list) -> str:
                           "nearest train"], cover_rows)
         + f"\n\nThe floor: {n} training digits scored the same way against the same held-out digits (95 % "
         f"sampling intervals); its nearest-train distance is the held-out digits' own.\n\n"
-        + markdown_table(["", "Fréchet", "precision", "recall", "class entropy", "min class", "nearest train"],
-                         floor_row)
+        + markdown_table(["", *DIGIT_HEADER], floor_row)
         + "\n\n### Every run\n\nEach figure with its 95 % sampling interval (Fréchet distance and class "
           "entropy: bootstrap over samples and reference; precision and recall: Wilson; nearest train: normal "
           "interval of a mean).\n\n"
-        + markdown_table(["run", "iterations", "sampler", "NFE", "Fréchet", "precision", "recall",
-                          "class entropy", "min class", "nearest train", "KE / bound"], run_rows)
+        + markdown_table(["run", "iterations", "sampler", "NFE", *DIGIT_HEADER, "KE / bound"], run_rows)
         + "\n\nDigits: one row per flow (seed 0), one panel per sampler, the same x0.\n\n![digits](digits.png)\n")
 
 
@@ -330,7 +316,7 @@ def lowdim_rows(results: dict) -> list:
         for k in ("energy_distance", "off_manifold_mass"):
             for nfe in (1, 5):
                 value, interval = r[f"{k}_{nfe}"], r.get(f"{k}_{nfe}_interval")
-                cells.append("–" if value is None else _interval_cell(value, interval) if interval else value)
+                cells.append("–" if value is None else interval_cell(value, interval) if interval else value)
         rows.append([r["dataset"], r["dim"], r["method"]] + cells + [r["training_seconds"]])
     return rows
 

@@ -24,6 +24,7 @@ import pytest
 from w12_jax.cli import main as w12
 from w12_jax.loop import train_and_evaluate
 from w12_jax.presets import get_preset
+from w12_jax.provenance import cpu_info
 
 STORE = Path(__file__).with_name("fingerprints.json")
 RUNS = {"mnist5k": 2, "moons-w1w2": 5}  # preset -> iterations
@@ -37,13 +38,9 @@ def machine_type() -> str:
     """CPU architecture, model and instruction-set flags (what XLA compiles for), and the jaxlib."""
     from importlib import metadata
 
-    model, flags = "", ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        model = info.get("model name\t", "").strip()
-        flags = hashlib.sha256(" ".join(sorted(info.get("flags\t\t", "").split())).encode()).hexdigest()[:12]
-    return f"{platform.machine()} {model} (cpu flags {flags}), jaxlib {metadata.version('jaxlib')}"
+    info = cpu_info()
+    flags = hashlib.sha256(" ".join(sorted(info.get("flags", "").split())).encode()).hexdigest()[:12] if info else ""
+    return f"{platform.machine()} {info.get('model name', '')} (cpu flags {flags}), jaxlib {metadata.version('jaxlib')}"
 
 
 def parameter_hash(state) -> str:

@@ -2,6 +2,7 @@
 
     package_versions()   # {"python": "3.11.7", "jax": "0.10.2", ...}: in run_info.json and every results file
     git_revision()       # "9df9481...-dirty" or None
+    cpu_info()           # {"model name": "AMD EPYC", "flags": "fpu vme ...", ...} of the first CPU
 """
 
 from __future__ import annotations
@@ -37,3 +38,17 @@ def git_revision() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty else "") if rev else None
+
+
+def cpu_info() -> dict:
+    """The first processor's entries of /proc/cpuinfo (model name, flags, ...); {} where there is none."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return {}
+    with open("/proc/cpuinfo") as f:
+        first = f.read().split("\n\n")[0]
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+
+
+def cpu_model() -> str:
+    """The processor's model name ("AMD EPYC"), or "" where /proc/cpuinfo does not say."""
+    return cpu_info().get("model name", "")
