@@ -29,12 +29,11 @@ import numpy as np
 import optax
 
 from w12_jax.config import Config, override, parse_assignment
+from w12_jax.data import load_config_dataset, sample_batches
 from w12_jax.flow import euler_flow, scalar_potential
-from w12_jax.networks import make_potential
 from w12_jax.provenance import package_versions
 from w12_jax.reference import sample_reference
-from w12_jax.train import (critic_loss, ema_update, init_train_state, make_optimizers, make_train_step,
-                           potential_loss)
+from w12_jax.train import build_model, critic_loss, ema_update, init_train_state, make_train_step, potential_loss
 
 
 def median_seconds(fn, repeats):
@@ -57,8 +56,8 @@ def matmul_peak_flops(n=2048, repeats=5):
 
 def make_baseline(config: Config):
     """(critic_update, potential_update), each its own jit, for a Python loop of n_D + 1 calls."""
-    opt_u, opt_phi = make_optimizers(config)
-    potential = make_potential(config)
+    model = build_model(config)
+    opt_u, opt_phi, potential = model.potential_tx, model.discriminator_tx, model.flow_network
 
     @jax.jit
     def critic_update(state, y, key):
@@ -66,7 +65,7 @@ def make_baseline(config: Config):
         x0 = sample_reference(config, k_ref, (config.batch_size,))
         u = scalar_potential(potential, state.potential_params)
         x_T = euler_flow(u, x0, config.T, config.num_steps, config.lam).x_T  # its own flow per update
-        grads = jax.grad(lambda p: critic_loss(config, p, x_T, y, k_gp)[0])(state.discriminator_params)
+        grads = jax.grad(lambda p: critic_loss(model, p, x_T, y, k_gp)[0])(state.discriminator_params)
         updates, opt_state = opt_phi.update(grads, state.discriminator_opt_state, state.discriminator_params)
         return state.replace(discriminator_params=optax.apply_updates(state.discriminator_params, updates),
                              discriminator_opt_state=opt_state)
@@ -74,7 +73,7 @@ def make_baseline(config: Config):
     @jax.jit
     def potential_update(state, key):
         x0 = sample_reference(config, key, (config.batch_size,))
-        grads = jax.grad(lambda p: potential_loss(config, p, state.discriminator_params, x0)[0])(
+        grads = jax.grad(lambda p: potential_loss(model, p, state.discriminator_params, x0)[0])(
             state.potential_params)
         updates, opt_state = opt_u.update(grads, state.potential_opt_state, state.potential_params)
         pu = optax.apply_updates(state.potential_params, updates)
@@ -88,6 +87,32 @@ def make_baseline(config: Config):
         return potential_update(state, keys[-1])
 
     return outer_iteration
+
+
+def side_by_side_seconds(configs: dict[str, Config], iterations: int = 10, rounds: int = 3) -> dict[str, float]:
+    """Seconds per training iteration of each config, side by side in this process: every step compiled
+    first, then `rounds` interleaved rounds of `iterations` iterations per config; the fastest round.
+    W1⊕W2 steps without the logged indicators, as the training loop runs 9 of every 10 iterations."""
+    runs = {}
+    for name, cfg in configs.items():
+        ds = load_config_dataset(cfg)
+        step = make_train_step(cfg, indicators=False)
+        data = [sample_batches(ds.train, seed=0, step=i, num_batches=cfg.n_critic, batch_size=cfg.batch_size)
+                for i in range(iterations)]
+        state, _ = step(init_train_state(cfg), data[0])
+        jax.block_until_ready(state)
+        runs[name] = [step, state, data]
+    best = {name: float("inf") for name in configs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            step, state, data = run
+            t0 = time.perf_counter()
+            for batch in data:
+                state, _ = step(state, batch)
+            jax.block_until_ready(state)
+            best[name] = min(best[name], (time.perf_counter() - t0) / iterations)
+            run[1] = state
+    return best
 
 
 def compiled_seconds(config, state, data, devices, repeats, **options):

@@ -13,7 +13,7 @@ from w12_jax import mfg
 from w12_jax.config import PENALTY_WEIGHTS, Config, ConfigError, override
 from w12_jax.flow import euler_flow, potential_derivatives, scalar_potential
 from w12_jax.networks import make_discriminator, make_potential
-from w12_jax.train import potential_loss, straightness_penalties
+from w12_jax.train import build_model, potential_loss, straightness_penalties
 
 T, K, LAM = 2.0, 8, 0.5
 H = T / K
@@ -110,7 +110,7 @@ def test_penalty_gradient_matches_finite_difference(name):
             # the chord penalty holds its chords fixed (stop_gradient): differentiate it with them fixed
             flow = euler_flow(scalar_potential(make_potential(config), pu) if name == "chord_weight" else u,
                               x0, config.T, config.num_steps, config.lam)
-            return straightness_penalties(config, u, pphi, x0, flow, key)[name]
+            return straightness_penalties(build_model(config), u, pphi, x0, flow, key)[name]
 
         direction = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.PRNGKey(6), a.shape, a.dtype), pu)
         analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(jax.jit(jax.grad(penalty))(pu)),
@@ -123,7 +123,8 @@ def test_penalty_gradient_matches_finite_difference(name):
         # and the potential loss carries it with its weight: G(w = 3) − G(w = 0) = 3 · penalty
         heavier = dataclasses.replace(config, **{name: 3.0})
         bare = dataclasses.replace(config, **{name: 0.0})
-        diff = potential_loss(heavier, pu, pphi, x0, key)[0] - potential_loss(bare, pu, pphi, x0, key)[0]
+        diff = (potential_loss(build_model(heavier), pu, pphi, x0, key)[0]
+                - potential_loss(build_model(bare), pu, pphi, x0, key)[0])
         assert float(diff) == pytest.approx(3 * float(penalty(pu)), rel=1e-9)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from w12_jax import flow_matching, mfg
 from w12_jax.config import Config, ConfigError
-from w12_jax.divergences import get_divergence, gradient_norm, gradient_penalty
-from w12_jax.flow import euler_flow, kinetic_energy, potential_derivatives, scalar_potential, unroll_for, velocity
-from w12_jax.networks import make_discriminator, make_flow_network, make_potential
+from w12_jax.divergences import Divergence, get_divergence, gradient_norm, gradient_penalty
+from w12_jax.flow import (EulerFlow, euler_flow, kinetic_energy, potential_derivatives, scalar_potential, unroll_for,
+                          velocity)
+from w12_jax.networks import make_discriminator, make_flow_network
+from w12_jax.penalties import PenaltyInputs, active_penalties, penalty_values
 from w12_jax.reference import sample_reference
 
 INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mean", "grad_phi_gen_max",
@@ -96,19 +99,39 @@ def make_optimizers(config: Config):
             optax.adam(lr_phi, b1=config.beta1, b2=config.beta2))
 
 
-def init_train_state(config: Config, key: Optional[jax.Array] = None) -> TrainState:
+class Model(NamedTuple):
+    """What `config` determines, built once per run by `build_model` and handed to the step: the flow
+    network (U(x, t), or v(x, t) with velocity_field="direct"), the discriminator, the divergence, the two
+    optimizers and the active straightness penalties (weight, `penalties.Penalty`)."""
+
+    config: Config
+    flow_network: nn.Module
+    discriminator: nn.Module
+    divergence: Divergence
+    potential_tx: optax.GradientTransformation
+    discriminator_tx: optax.GradientTransformation
+    penalties: tuple
+
+
+def build_model(config: Config) -> Model:
+    """The `Model` of `config`."""
+    opt_u, opt_phi = make_optimizers(config)
+    return Model(config, make_flow_network(config), make_discriminator(config),
+                 get_divergence(config.divergence, config.alpha), opt_u, opt_phi, active_penalties(config))
+
+
+def init_train_state(config: Config, key: Optional[jax.Array] = None, model: Optional[Model] = None) -> TrainState:
     """Fresh parameters and optimizer states; key defaults to PRNGKey(config.seed)."""
+    model = build_model(config) if model is None else model
     key = jax.random.PRNGKey(config.seed) if key is None else key
     init_key, run_key = jax.random.split(key)
     ku, kphi = jax.random.split(init_key)
     x = jnp.zeros((1,) + tuple(config.data_shape), jnp.float32)
-    pu = make_flow_network(config).init(ku, x, jnp.zeros((1,)))
-    pphi = make_discriminator(config).init(kphi, x)
-    opt_u, opt_phi = make_optimizers(config)
+    pu = model.flow_network.init(ku, x, jnp.zeros((1,)))
+    pphi = model.discriminator.init(kphi, x)
     return TrainState(step=jnp.zeros((), jnp.int32), potential_params=pu, potential_ema=pu,
-                      discriminator_params=pphi,
-                      potential_opt_state=opt_u.init(pu), discriminator_opt_state=opt_phi.init(pphi),
-                      key=run_key)
+                      discriminator_params=pphi, potential_opt_state=model.potential_tx.init(pu),
+                      discriminator_opt_state=model.discriminator_tx.init(pphi), key=run_key)
 
 
 def ema_update(decay: float, step: jax.Array, ema, params):
@@ -133,79 +156,60 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(None, "data"))
 
 
-def critic_values(config: Config, params, x):
+def critic_values(model: Model, params, x):
     """phi(x) = output(network(x)) for a batch x (B, *shape) -> (B,)."""
-    return get_divergence(config.divergence, config.alpha).output(make_discriminator(config).apply(params, x))
+    return model.divergence.output(model.discriminator.apply(params, x))
 
 
-def critic_scalar(config: Config, params):
+def critic_scalar(model: Model, params):
     """phi for ONE sample: x (*shape) -> ()."""
-    return lambda x: critic_values(config, params, x[None])[0]
+    return lambda x: critic_values(model, params, x[None])[0]
 
 
-def critic_loss(config: Config, params, x_T, y, key):
+def critic_loss(model: Model, params, x_T, y, key):
     """−dual(phi(x_T), phi(y)) + use_w1·mu·GP for one batch; returns (loss, (dual, GP))."""
-    dual = get_divergence(config.divergence, config.alpha).dual(critic_values(config, params, x_T),
-                                                                 critic_values(config, params, y))
-    gp, _ = gradient_penalty(critic_scalar(config, params), x_T, y, key, config.L)
+    config = model.config
+    dual = model.divergence.dual(critic_values(model, params, x_T), critic_values(model, params, y))
+    gp, _ = gradient_penalty(critic_scalar(model, params), x_T, y, key, config.L)
     return mfg.critic_objective(dual, gp, config.gp_weight * float(config.use_w1)), (dual, gp)
 
 
-def straightness_penalties(config: Config, u, critic_params, x0, flow, key) -> dict:
-    """The penalties of design.md §11 whose weight is > 0, unweighted, by config key (see `mfg`).
-
-    hj_weight: R_HJ on the flowed particles; terminal_weight: R_T with phi frozen; velocity_weight: R_V;
-    chord_weight: R_C at t_i ~ U[0, T] (from `key`) on the chords x0 → x_K, held fixed (stop_gradient) so
-    that it shapes U between the grid points without pulling the samples. Gradients reach U's parameters
-    directly and (except R_C) through the particles x_k.
-    """
-    T, lam = config.T, config.lam
-    out = {}
-    if config.hj_weight > 0:
-        out["hj_weight"] = mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, lam)
-    if config.terminal_weight > 0 or config.velocity_weight > 0:
-        grad_u_T, _ = potential_derivatives(u, flow.x_T, T)
-        if config.terminal_weight > 0:
-            grad_phi_T = jax.vmap(jax.grad(critic_scalar(config, critic_params)))(flow.x_T)
-            out["terminal_weight"] = mfg.terminal_residual(grad_u_T, grad_phi_T)
-        if config.velocity_weight > 0:
-            out["velocity_weight"] = mfg.velocity_consistency(flow.grad_u, grad_u_T, config.dt)
-    if config.chord_weight > 0:
-        x_T = jax.lax.stop_gradient(flow.x_T)
-        t = jax.random.uniform(key, (x0.shape[0],), x0.dtype, 0.0, T)
-        z = mfg.chord_points(x0, x_T, t, T)
-        grad_u_chord = jax.vmap(jax.grad(u))(z, t)
-        out["chord_weight"] = mfg.chord_consistency(grad_u_chord, x0, x_T, T, lam)
-    return out
+def straightness_penalties(model: Model, u, critic_params, x0, flow, key) -> dict:
+    """{weight key: unweighted value} of the model's active penalties (`penalties`) on `flow` from x0.
+    Gradients reach U's parameters directly and (except the chord penalty) through the particles x_k."""
+    config = model.config
+    inputs = PenaltyInputs(u, flow, x0, critic_scalar(model, critic_params), key, config.T, config.dt, config.lam)
+    return penalty_values(model.penalties, inputs)
 
 
-def potential_loss(config: Config, potential_params, critic_params, x0, key=None):
+def potential_loss(model: Model, potential_params, critic_params, x0, key=None):
     """G = mean phi(x_K) + use_w2·lam·KE + Σ_w w·penalty_w through the unrolled Euler flow.
 
-    Returns (G, (flow, KE, phi(x_K))); the penalties are those of `straightness_penalties` (key: the chord
-    times, needed only when chord_weight > 0).
+    Returns (G, (flow, KE, phi(x_K))); key: the chord times, needed only when chord_weight > 0.
     """
-    u = scalar_potential(make_potential(config), potential_params)
+    config = model.config
+    u = scalar_potential(model.flow_network, potential_params)
     flow = euler_flow(u, x0, config.T, config.num_steps, config.lam)
     ke = kinetic_energy(flow.grad_u, config.dt, config.lam)
-    phi_T = critic_values(config, critic_params, flow.x_T)
+    phi_T = critic_values(model, critic_params, flow.x_T)
     loss = mfg.potential_objective(phi_T, ke, config.lam, float(config.use_w2))
-    if config.chord_weight > 0 and key is None:
+    if key is None and any(p.needs_key for _, p in model.penalties):
         raise ValueError("chord_weight > 0 needs a PRNG key for the chord times")
-    for name, value in straightness_penalties(config, u, critic_params, x0, flow, key).items():
-        loss = loss + getattr(config, name) * value
+    values = straightness_penalties(model, u, critic_params, x0, flow, key)
+    for weight, penalty in model.penalties:
+        loss = loss + weight * values[penalty.weight_key]
     return loss, (flow, ke, phi_T)
 
 
-def flow_matching_iteration(config: Config, state: TrainState, data: jax.Array, shard=lambda x, axis: x):
+def flow_matching_iteration(model: Model, state: TrainState, data: jax.Array, shard=lambda x, axis: x):
     """One regression step of I-CFM / OT-CFM (`flow_matching`) on y = data[-1]; the critic is left as it is.
 
     x0 ~ rho_0 and t ~ U[0, T] from key_step; with objective="otcfm" the pairs (x0_i, y_perm[i]) follow the
     exact OT plan of the whole global batch (the same pairs on 1 or N devices). Returns (state, metrics):
     CFM_METRICS, with kinetic_energy = T·mean ½|v(x_t, t)|² and straight_line_bound = mean ½|y − x0|²/T.
     """
-    opt_u, _ = make_optimizers(config)
-    network, B, T = make_flow_network(config), config.batch_size, config.T
+    config = model.config
+    B, T = config.batch_size, config.T
     k_ref, k_t = jax.random.split(jax.random.fold_in(state.key, state.step))
     x0 = shard(sample_reference(config, k_ref, (B,)), 0)
     y = data[-1]
@@ -214,10 +218,10 @@ def flow_matching_iteration(config: Config, state: TrainState, data: jax.Array, 
     t = jax.random.uniform(k_t, (B,), x0.dtype, 0.0, T)
 
     def loss_fn(params):
-        return flow_matching.cfm_loss(velocity(network, params, config.lam), x0, y, t, T)
+        return flow_matching.cfm_loss(velocity(model.flow_network, params, config.lam), x0, y, t, T)
 
     (loss, v_t), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.potential_params)
-    updates, opt_u_state = opt_u.update(grads, state.potential_opt_state, state.potential_params)
+    updates, opt_u_state = model.potential_tx.update(grads, state.potential_opt_state, state.potential_params)
     pu = optax.apply_updates(state.potential_params, updates)
     metrics = {"cfm_loss": loss,
                "kinetic_energy": T * jnp.mean(0.5 * jnp.sum(v_t.reshape(B, -1) ** 2, axis=-1)),
@@ -227,7 +231,47 @@ def flow_matching_iteration(config: Config, state: TrainState, data: jax.Array, 
     return new_state, metrics
 
 
-def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None,
+def critic_phase(model: Model, state: TrainState, data, k_ref_critic, k_gp, shard, batched_critic_flow: bool):
+    """n_D phi updates (a `lax.scan`) against the frozen U's particles; data (n_D, B, *shape); x0 from
+    k_ref_critic, the penalty's interpolation from k_gp. Returns ((phi params, phi optimizer state),
+    (critic losses, gradient penalties)) of the n_D updates."""
+    config = model.config
+    n, B, K, T, lam = config.n_critic, config.batch_size, config.num_steps, config.T, config.lam
+    # U is frozen, so the n_D flows can be one flow of n_D·B particles (layout (B, n_D))
+    u_frozen = scalar_potential(model.flow_network, jax.lax.stop_gradient(state.potential_params))
+    x0_c = shard(sample_reference(config, k_ref_critic, (B, n)), 0)
+    if batched_critic_flow:
+        xT_c = euler_flow(u_frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), T, K, lam).x_T
+        xT_c = jnp.moveaxis(xT_c.reshape(x0_c.shape), 1, 0)
+    else:
+        xT_c = jnp.stack([euler_flow(u_frozen, x0_c[:, i], T, K, lam).x_T for i in range(n)])
+    xT_c = shard(xT_c, 1)  # (n_D, B, *shape)
+
+    def critic_update(carry, inputs):
+        params, opt_state = carry
+        (loss, (_, gp)), grads = jax.value_and_grad(partial(critic_loss, model), has_aux=True)(params, *inputs)
+        updates, opt_state = model.discriminator_tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (loss, gp)
+
+    return jax.lax.scan(critic_update, (state.discriminator_params, state.discriminator_opt_state),
+                        (jax.lax.stop_gradient(xT_c), data, jax.random.split(k_gp, n)), unroll=unroll_for(n))
+
+
+def indicator_metrics(model: Model, potential_params, critic_params, flow: EulerFlow, y) -> dict:
+    """INDICATOR_METRICS of the flow's particles and the data y (three more gradient passes)."""
+    config = model.config
+    phi = critic_scalar(model, critic_params)
+    grad_u_T, _ = potential_derivatives(scalar_potential(model.flow_network, potential_params), flow.x_T, config.T)
+    grad_phi_T = jax.vmap(jax.grad(phi))(flow.x_T)
+    grad_phi_gen = jnp.sqrt(jnp.sum(grad_phi_T.reshape(config.batch_size, -1) ** 2, axis=-1))
+    grad_phi_data = gradient_norm(phi, y)
+    return {"terminal_residual": mfg.terminal_residual(grad_u_T, grad_phi_T),
+            "velocity_residual": mfg.velocity_consistency(flow.grad_u, grad_u_T, config.dt),
+            "grad_phi_gen_mean": jnp.mean(grad_phi_gen), "grad_phi_gen_max": jnp.max(grad_phi_gen),
+            "grad_phi_data_mean": jnp.mean(grad_phi_data), "grad_phi_data_max": jnp.max(grad_phi_data)}
+
+
+def outer_iteration(model: Model, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None,
                     indicators: bool = True, batched_critic_flow: Optional[bool] = None):
     """n_D phi updates then one U update; data: (n_critic, B, *shape). Returns (state, metrics dict).
 
@@ -239,9 +283,7 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
     way. None: batched unless the devices (of `mesh`, else the default backend) are CPUs.
     With objective icfm / otcfm it is `flow_matching_iteration` instead (metrics: CFM_METRICS).
     """
-    potential = make_potential(config)
-    opt_u, opt_phi = make_optimizers(config)
-    n, B, K, T, lam = config.n_critic, config.batch_size, config.num_steps, config.T, config.lam
+    config = model.config
 
     def shard(x, axis):
         if mesh is None:
@@ -251,71 +293,41 @@ def outer_iteration(config: Config, state: TrainState, data: jax.Array, mesh: Op
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 
     if config.objective != "mfg":
-        return flow_matching_iteration(config, state, data, shard)
+        return flow_matching_iteration(model, state, data, shard)
     if config.train_steps:
         raise ConfigError(f"train_steps={config.train_steps}: the grid of each iteration is drawn on the host; "
                           "train on on_grid(config, grid_of(config, iteration)) (the training loop does)")
     key = jax.random.fold_in(state.key, state.step)
     k_ref_critic, k_gp, k_ref_u = jax.random.split(key, 3)
-
-    # 1. critic phase: U is frozen, so the n_D flows can be one flow of n_D·B particles (layout (B, n_D)).
-    u_frozen = scalar_potential(potential, jax.lax.stop_gradient(state.potential_params))
-    x0_c = shard(sample_reference(config, k_ref_critic, (B, n)), 0)
     if batched_critic_flow is None:
         platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
         batched_critic_flow = platform != "cpu"
-    if batched_critic_flow:
-        xT_c = euler_flow(u_frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), T, K, lam).x_T
-        xT_c = jnp.moveaxis(xT_c.reshape(x0_c.shape), 1, 0)
-    else:
-        xT_c = jnp.stack([euler_flow(u_frozen, x0_c[:, i], T, K, lam).x_T for i in range(n)])
-    xT_c = shard(xT_c, 1)  # (n_D, B, *shape)
+    (pphi, opt_phi_state), (critic_losses, gps) = critic_phase(
+        model, state, data, k_ref_critic, k_gp, shard, batched_critic_flow)
 
-    def critic_update(carry, inputs):
-        params, opt_state = carry
-        (loss, (_, gp)), grads = jax.value_and_grad(partial(critic_loss, config), has_aux=True)(params, *inputs)
-        updates, opt_state = opt_phi.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, gp)
-
-    (pphi, opt_phi_state), (critic_losses, gps) = jax.lax.scan(
-        critic_update, (state.discriminator_params, state.discriminator_opt_state),
-        (jax.lax.stop_gradient(xT_c), data, jax.random.split(k_gp, n)), unroll=unroll_for(n))
-
-    # 2. potential phase: G = mean phi(x_K) + w2·lam·KE through the unrolled flow, phi frozen.
-    x0 = shard(sample_reference(config, k_ref_u, (B,)), 0)
+    # potential phase: G = mean phi(x_K) + w2·lam·KE through the unrolled flow, phi frozen.
+    x0 = shard(sample_reference(config, k_ref_u, (config.batch_size,)), 0)
     pphi_frozen = jax.lax.stop_gradient(pphi)
     k_chord = jax.random.fold_in(k_ref_u, 1)  # a new stream: the paper's runs draw the same numbers as before
     (g_loss, (flow, ke, phi_T)), grads_u = jax.value_and_grad(
-        partial(potential_loss, config), has_aux=True)(state.potential_params, pphi_frozen, x0, k_chord)
-    updates, opt_u_state = opt_u.update(grads_u, state.potential_opt_state, state.potential_params)
+        partial(potential_loss, model), has_aux=True)(state.potential_params, pphi_frozen, x0, k_chord)
+    updates, opt_u_state = model.potential_tx.update(grads_u, state.potential_opt_state, state.potential_params)
     pu = optax.apply_updates(state.potential_params, updates)
 
-    # 3. metrics on the particles of the potential phase (before the U update), no gradients.
+    # metrics on the particles of the potential phase (before the U update), no gradients.
     flow, phi_T = jax.lax.stop_gradient((flow, phi_T))
     y = data[-1]
     metrics = {
-        "divergence": get_divergence(config.divergence, config.alpha).dual(
-            phi_T, critic_values(config, pphi_frozen, y)),
+        "divergence": model.divergence.dual(phi_T, critic_values(model, pphi_frozen, y)),
         "kinetic_energy": ke,
-        "hj_residual": mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, lam),
+        "hj_residual": mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, config.lam),
         "gradient_penalty": gps[-1],
         "potential_loss": g_loss,
         "critic_loss": critic_losses[-1],
-        "straight_line_bound": mfg.straight_line_bound(x0, flow.x_T, T),
+        "straight_line_bound": mfg.straight_line_bound(x0, flow.x_T, config.T),
     }
     if indicators:
-        grad_u_T, _ = potential_derivatives(scalar_potential(potential, state.potential_params), flow.x_T, T)
-        grad_phi_T = jax.vmap(jax.grad(critic_scalar(config, pphi_frozen)))(flow.x_T)
-        grad_phi_gen = jnp.sqrt(jnp.sum(grad_phi_T.reshape(B, -1) ** 2, axis=-1))
-        grad_phi_data = gradient_norm(critic_scalar(config, pphi_frozen), y)
-        metrics.update({
-            "terminal_residual": mfg.terminal_residual(grad_u_T, grad_phi_T),
-            "velocity_residual": mfg.velocity_consistency(flow.grad_u, grad_u_T, config.dt),
-            "grad_phi_gen_mean": jnp.mean(grad_phi_gen),
-            "grad_phi_gen_max": jnp.max(grad_phi_gen),
-            "grad_phi_data_mean": jnp.mean(grad_phi_data),
-            "grad_phi_data_max": jnp.max(grad_phi_data),
-        })
+        metrics.update(indicator_metrics(model, state.potential_params, pphi_frozen, flow, y))
     new_state = state.replace(step=state.step + 1, potential_params=pu, discriminator_params=pphi,
                               potential_ema=ema_update(config.ema_decay, state.step, state.potential_ema, pu),
                               potential_opt_state=opt_u_state, discriminator_opt_state=opt_phi_state)
@@ -336,11 +348,11 @@ def make_scanned_steps(config: Config, num_steps: int, devices: Optional[Sequenc
     """num_steps unlogged outer iterations in one compiled call (`lax.scan`): jitted (state, data) -> state,
     data (num_steps, n_critic, batch_size, *data_shape), the iterations' GLOBAL batches stacked; the same
     updates as num_steps calls of make_train_step(config, indicators=False), which return no metrics here."""
-    mesh = make_mesh(devices)
+    mesh, model = make_mesh(devices), build_model(config)
     replicated, stacked = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, None, "data"))
 
     def body(state, data):
-        return outer_iteration(config, state, data, mesh=mesh, indicators=False)[0], None
+        return outer_iteration(model, state, data, mesh=mesh, indicators=False)[0], None
 
     return jax.jit(lambda state, data: jax.lax.scan(body, state, data)[0], in_shardings=(replicated, stacked),
                    out_shardings=replicated, donate_argnums=(0,) if donate else ())
@@ -361,9 +373,10 @@ def make_train_step(config: Config, devices: Optional[Sequence[jax.Device]] = No
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n_dev})")
     replicated, batch = NamedSharding(mesh, P()), data_sharding(mesh)
 
-    jitted = jax.jit(partial(outer_iteration, config, mesh=mesh, indicators=indicators,
+    jitted = jax.jit(partial(outer_iteration, build_model(config), mesh=mesh, indicators=indicators,
                              batched_critic_flow=batched_critic_flow), in_shardings=(replicated, batch),
                      out_shardings=(replicated, replicated), donate_argnums=(0,) if donate else ())
+
     def step(state: TrainState, data) -> tuple[TrainState, dict]:
         # global, replicated inputs: one compilation whatever the caller passes, and valid across processes
         state = jax.tree_util.tree_map(lambda a: global_array(a, replicated), state)
