@@ -32,10 +32,11 @@ import numpy as np
 
 from w12_jax.config import Config
 from w12_jax.data import sample_batches
-from w12_jax.loop import _finite_parts, load_config_dataset, train_and_evaluate
+from w12_jax.data import load_config_dataset
+from w12_jax.loop import finite_parts, train_and_evaluate
 from w12_jax.presets import get_preset
 from w12_jax.provenance import package_versions
-from w12_jax.train import data_sharding, global_array, init_train_state, make_mesh, make_train_step, \
+from w12_jax.train import build_model, data_sharding, global_array, init_train_state, make_mesh, make_train_step, \
     outer_iteration
 
 
@@ -47,7 +48,7 @@ def bare_seconds(config: Config, step, lean, state, batches, sync: bool) -> floa
         logged = (i + 1) % config.log_every == 0
         state, metrics = (step if logged else lean)(state, batches[i % len(batches)])
         if sync:
-            jax.device_get((metrics, _finite_parts(state)))
+            jax.device_get((metrics, finite_parts(state)))
     jax.block_until_ready((state, metrics))
     return time.perf_counter() - start
 
@@ -86,10 +87,10 @@ def main(argv=None):
                                            batch_size=config.batch_size), data_sharding(mesh))
                for i in range(config.log_every)]
     step, lean = make_train_step(config, donate=False), make_train_step(config, indicators=False, donate=False)
-    state = init_train_state(config)
+    state, model = init_train_state(config), build_model(config)
 
     def lean_body(s, data):
-        return outer_iteration(config, s, data, mesh=mesh, indicators=False)
+        return outer_iteration(model, s, data, mesh=mesh, indicators=False)
 
     stacked = jax.numpy.stack(batches[:config.log_every - 1])
     scanned = jax.jit(lambda s, d: jax.lax.scan(lean_body, s, d))

@@ -79,3 +79,23 @@ def test_assigning_architecture_alone_sets_both_networks():
     both = override(mixed, {"architecture": "mlp"})
     assert both.discriminator_architecture == "same"
     assert override(mixed, {"lam": "0.1"}).discriminator_architecture == "conv"
+
+
+def test_config_docstring_names_the_runs_its_defaults_are():
+    """Config() is the paper's MNIST run (preset mnist-w1w2); the main job changes exactly the fields that
+    Config's docstring lists, and START_HERE names fields that the docstring's ★ marks in the source."""
+    import dataclasses
+    import inspect
+
+    from w12_jax.config import START_HERE
+    from w12_jax.presets import MAIN, get_preset
+
+    assert Config() == get_preset("mnist-w1w2")
+    changed = {f.name for f in dataclasses.fields(Config) if getattr(MAIN, f.name) != getattr(Config(), f.name)}
+    doc = " ".join(Config.__doc__.split())
+    listed = doc[doc.index("`presets.MAIN`:"):]
+    assert changed and all(name in listed for name in changed)
+    assert changed == {"batch_size", "n_critic", "lr_potential", "lr_discriminator", "gp_weight",
+                       "velocity_weight", "iterations", "checkpoint_every", "sample_every"}
+    starred = {line.split(":")[0].strip() for line in inspect.getsource(Config).splitlines() if "# ★" in line}
+    assert starred == set(START_HERE) and len(START_HERE) == 10

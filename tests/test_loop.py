@@ -139,7 +139,7 @@ def test_data_shape_mismatch_is_a_config_error(tmp_path):
 
 def test_image_run_writes_grids_and_evaluates(tmp_path):
     from w12_jax.evaluation import evaluate
-    from w12_jax.loop import load_config_dataset
+    from w12_jax.data import load_config_dataset
 
     cfg = Config(dataset="digits8x8", data_shape=(8, 8, 1), conv_channels=(2,), conv_kernel=3, T=2.0, dt=1.0,
                  potential_hidden=(8,), discriminator_hidden=(8,), batch_size=8, n_critic=1, iterations=2,
@@ -157,7 +157,7 @@ def test_train_steps_trains_each_iteration_on_its_drawn_grid(tmp_path):
     """train_steps=(1, 2): iteration i runs the step of on_grid(config, grid_of(config, i)); the draw is a
     pure function of (seed, i), both grids occur, and the loop equals that sequence of steps exactly."""
     from w12_jax.data import sample_batches
-    from w12_jax.loop import load_config_dataset
+    from w12_jax.data import load_config_dataset
     from w12_jax.train import grid_of, on_grid
 
     cfg = dataclasses.replace(TINY, train_steps=(1, 2), iterations=10, checkpoint_every=10)
@@ -183,7 +183,7 @@ def test_cfm_warmup_trains_u_by_otcfm_then_the_mfg_objective(tmp_path):
     """cfm_warmup=3: iterations 0-2 run the OT-CFM step of phase_config(config, WARMUP), which leaves the
     critic at its initial parameters, and the rest the MFG step; the loop equals that sequence exactly."""
     from w12_jax.data import sample_batches
-    from w12_jax.loop import load_config_dataset
+    from w12_jax.data import load_config_dataset
     from w12_jax.train import WARMUP, phase_config, phase_of
 
     cfg = dataclasses.replace(TINY, cfm_warmup=3, iterations=5, checkpoint_every=5)

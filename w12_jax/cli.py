@@ -91,29 +91,21 @@ def cmd_presets(args) -> int:
 
 
 def _train_config(args):
-    from w12_jax.checkpoint import Checkpointer
-    from w12_jax.loop import _stored_config
-
+    """(config, run dir) of `w12 train`: the preset (or, with --resume and no preset, the workdir's own run)
+    with the --set assignments; the workdir is read once, here, and handed to the loop."""
     from w12_jax.data import is_data_path
+    from w12_jax.workdir import read_run_dir
 
     assignments = dict(parse_assignment(a) for a in args.assignments)
     preset = args.preset
     own = str(assignments.get("dataset", ""))
     default_name = (os.path.splitext(os.path.basename(os.path.normpath(own)))[0] if own and is_data_path(own)
                     else preset or DEFAULT_PRESET)  # own data: runs/<file or folder name>
-    workdir = args.workdir or os.path.join("runs", default_name)
-    base = None
-    if args.resume and preset is None:  # continue the workdir's own run
-        ckpt_dir = os.path.join(workdir, "checkpoints")
-        if os.path.isdir(ckpt_dir):
-            with Checkpointer(ckpt_dir, read_only=True) as ckpt:
-                if ckpt.latest_step() is not None:
-                    base = ckpt.restore_config()
-        if base is None:
-            base = _stored_config(workdir)
+    run = read_run_dir(args.workdir or os.path.join("runs", default_name))
+    base = run.stored if args.resume and preset is None else None  # continue the workdir's own run
     if base is None:
         base = get_preset(preset or DEFAULT_PRESET)
-    return override(base, assignments), workdir
+    return override(base, assignments), run
 
 
 def cmd_train(args) -> int:
@@ -123,14 +115,14 @@ def cmd_train(args) -> int:
         from w12_jax.distributed import initialize
 
         initialize(args.coordinator, args.num_processes, args.process_id)
-    config, workdir = _train_config(args)
+    config, run = _train_config(args)
     if not config.data_hash:
-        from w12_jax.loop import configure_own_data
+        from w12_jax.data import configure_own_data
 
         config, summary = configure_own_data(config)
         if summary:
             print(summary, flush=True)
-    train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
+    train_and_evaluate(config, run, resume=args.resume, progress=not args.no_progress)
     return 0
 
 
@@ -151,8 +143,9 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from w12_jax import plots
-    from w12_jax.data import DataError
-    from w12_jax.loop import generate, load_config_dataset
+    from w12_jax.data import load_config_dataset
+    from w12_jax.data_files import DataError
+    from w12_jax.sample import generate
     from w12_jax.sample import get_solver
 
     _positive("--n", args.n)
@@ -238,8 +231,8 @@ def format_report(report: dict) -> str:
 
 def cmd_evaluate(args) -> int:
     from w12_jax.evaluation import DIGIT_DATASETS, evaluate, path_points
-    from w12_jax.metrics import classifier_cache_path
-    from w12_jax.loop import load_config_dataset
+    from w12_jax.classifier import classifier_cache_path
+    from w12_jax.data import load_config_dataset
     from w12_jax.sample import get_solver
 
     _positive("--n", args.n)

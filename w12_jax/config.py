@@ -26,6 +26,14 @@ OBJECTIVES = ("mfg", "icfm", "otcfm")
 VELOCITY_FIELDS = ("potential", "direct")
 PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # design.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
+# the fields a resumed run may change: its schedule and logging (the "loop" group below), not the problem or
+# the networks; data_dir only says where the same data lie
+RESUMABLE_CHANGES = ("iterations", "log_every", "steps_per_call", "checkpoint_every", "sample_every",
+                     "eval_samples", "data_dir")
+
+
+# the keys a newcomer sets first (marked ★ in Config)
+START_HERE = ("dataset", "T", "dt", "lam", "L", "divergence", "use_w1", "use_w2", "batch_size", "iterations")
 
 
 class ConfigError(ValueError):
@@ -34,10 +42,20 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Hyper-parameters of one W1⊕W2 run (defaults: the paper's MNIST run, design.md §6)."""
+    """Hyper-parameters of one run, flat and frozen; `override` and `--set key=value` change them.
+
+    Start with the ten keys in START_HERE (marked ★ below): the data, the problem (T, h, lam, L, the
+    divergence), the paper's case (use_w1, use_w2), the batch and the length of the run. The rest tune the
+    method's extensions, the networks and the loop.
+
+    Config() is the paper's MNIST W1⊕W2 run (design.md §6; preset `mnist-w1w2`, 5000 iterations of B = 200,
+    n_D = 5). `w12 train` with no preset runs the main job, `presets.MAIN`: Config() with batch_size 100,
+    n_critic 2, lr_potential and lr_discriminator 1e-3, gp_weight 5, velocity_weight 50, iterations 2180,
+    checkpoint_every and sample_every 600.
+    """
 
     # data and reference distribution rho_0
-    dataset: str = "mnist5k"
+    dataset: str = "mnist5k"  # ★ a name of data.DATASETS, or a .npy / .npz file or an image folder
     data_shape: tuple[int, ...] = (28, 28, 1)
     embed_dim: int = 0  # 0: no zero-padded embedding (low-dim sets only)
     data_dir: str = ""  # IDX directory for offline fashion_mnist / mnist; "" = default
@@ -48,16 +66,16 @@ class Config:
     reference_high: float = 0.5
     reference_scale: float = 1.0  # std of the gaussian reference
     # the problem: min_v D_f^{Gamma_L}(rho_T || pi) + lam * int E|v|^2/2 dt
-    T: float = 5.0
-    dt: float = 1.0  # Euler step h; K = T / h steps
+    T: float = 5.0  # ★ the flow's time horizon
+    dt: float = 1.0  # ★ Euler step h; K = T / h steps
     train_steps: tuple[int, ...] = ()  # each iteration trains on K Euler steps drawn from these; () = T / dt
-    lam: float = 0.05
-    L: float = 1.0
+    lam: float = 0.05  # ★ weight of the kinetic energy (W2 proximal)
+    L: float = 1.0  # ★ Lipschitz bound of phi (W1 proximal)
     gp_weight: float = 0.1  # mu
-    divergence: str = "kl"
+    divergence: str = "kl"  # ★ f of D_f^{Gamma_L}: one of DIVERGENCES
     alpha: float = 2.0  # for divergence='alpha' (alpha > 1)
-    use_w1: bool = True  # Lipschitz gradient penalty on phi
-    use_w2: bool = True  # kinetic-energy term in the potential loss
+    use_w1: bool = True  # ★ Lipschitz gradient penalty on phi
+    use_w2: bool = True  # ★ kinetic-energy term in the potential loss
     # straightness penalties on the potential loss (design.md §11; 0 = off, the paper's objective)
     hj_weight: float = 0.0  # w_HJ · R_HJ, the HJ residual on the flowed particles
     terminal_weight: float = 0.0  # w_T · mean |∇U(x_K, T) − ∇phi(x_K)|, phi frozen
@@ -73,14 +91,14 @@ class Config:
     cfm_warmup_lr: float = 5e-4
     # optimisation
     n_critic: int = 5  # n_D (flow matching: 1 block of data per iteration, the last of n_critic)
-    batch_size: int = 200
+    batch_size: int = 200  # ★ B, particles and data per update (global, over all devices)
     lr_potential: float = 5e-4
     lr_discriminator: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π s/S)), S = the run's updates of that network
     beta1: float = 0.5
     beta2: float = 0.9
-    lr_schedule: str = "constant"  # or "cosine": lr·½(1 + cos(π s/S)), S = the run's updates of that network
     ema_decay: float = 0.0  # d > 0: sample from an exponential moving average of U's parameters (0: off)
-    iterations: int = 5000
+    iterations: int = 5000  # ★ outer iterations (n_D phi updates + one U update each)
     seed: int = 0
     # networks (design.md §6)
     architecture: str = "conv"  # of U, and of phi unless discriminator_architecture says otherwise
@@ -93,7 +111,7 @@ class Config:
     potential_activation: str = "relu"
     discriminator_hidden: tuple[int, ...] = (256, 256, 256)
     discriminator_activation: str = "relu"
-    # loop
+    # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
     steps_per_call: int = 1

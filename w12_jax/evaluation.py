@@ -3,7 +3,7 @@
     report = evaluate(config, state.potential_ema, dataset)
 
 Samples are drawn with the training integrator (Euler, step config.dt) from a fixed x0, and the Euler path
-is kept for the flow diagnostics of `w12_jax.metrics`.
+is kept for the flow diagnostics of `w12_jax.path_metrics`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Optional
 import jax
 import numpy as np
 
-from w12_jax import intervals, metrics
+from w12_jax import classifier, image_metrics, intervals, metrics, path_metrics
 from w12_jax.config import Config
 from w12_jax.data import Dataset
+from w12_jax.networks import make_flow_network
+from w12_jax.sample import generate, sample
 from w12_jax.intervals import BOOTSTRAP_RESAMPLES
 
 DIGIT_DATASETS = ("mnist5k", "mnist")  # data the cached digit classifier was trained for
@@ -51,7 +53,7 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     the first two coordinates of embedded data); off_manifold_mass when the data are embedded (embed_dim > 2).
     Digits (mnist5k, mnist): frechet_distance, precision, recall, class_entropy, class_fractions,
     min_class_fraction, confidence, nearest_train_distance and classifier_accuracy through the cached digit
-    classifier (trained on first use; `metrics.image_quality`).
+    classifier (trained on first use; `image_metrics.image_quality`).
     Each quality figure `key` comes with `key_interval`, its 95 % sampling interval, and `floor_key`: the same
     figure for as many training samples as generated ones against the same held-out samples, what a flow
     that drew the data themselves would score (`quality_floor`; its nearest_train_distance is the held-out
@@ -59,7 +61,6 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     One step: one_step_deviation (mean|x_1 − x_T| over the mean distance between independent samples, x_1
     = one Euler step of h = T from the same x0) and one_step_<key> for the keys of ONE_STEP_KEYS present.
     """
-    from w12_jax.loop import generate  # the loop owns the sampling defaults
 
     n = int(num_samples or config.eval_samples)
     steps = None if rtol is not None else num_steps or config.num_steps
@@ -72,10 +73,10 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
         "dt": config.T / steps if steps else None,
         "rtol": rtol,
         "nfe": int(res.nfe),
-        "kinetic_energy": float(metrics.path_kinetic_energy(path, config.T)),
-        "straight_line_bound": float(metrics.straight_line_bound(x0, x_T, config.T)),
-        "straightness_ratio": float(metrics.straightness_ratio(path)),
-        "straightness_deviation": float(metrics.straightness_deviation(path, config.T)),
+        "kinetic_energy": float(path_metrics.path_kinetic_energy(path, config.T)),
+        "straight_line_bound": float(path_metrics.straight_line_bound(x0, x_T, config.T)),
+        "straightness_ratio": float(path_metrics.straightness_ratio(path)),
+        "straightness_deviation": float(path_metrics.straightness_deviation(path, config.T)),
         "nonfinite_samples": int(np.sum(~np.all(np.isfinite(x_T.reshape(n, -1)), axis=1))),
     }
     held = dataset.heldout[:n]
@@ -83,7 +84,7 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     out.update({f"floor_{k}": v for k, v in quality_floor(config, dataset, n, seed, classifier_cache).items()})
     # one Euler step (h = T) from the same x0: what a straight flow samples in one evaluation of ∇U
     x_1 = np.asarray(generate(config, params, n, seed=seed, num_steps=1)[1].x_T)
-    out["one_step_deviation"] = float(metrics.discretization_deviation(x_1.reshape(n, -1), x_T.reshape(n, -1)))
+    out["one_step_deviation"] = float(path_metrics.discretization_deviation(x_1.reshape(n, -1), x_T.reshape(n, -1)))
     one_step = _quality(config, None, x_1, dataset, held, seed, classifier_cache, sinkhorn=False)
     out.update({f"one_step_{k}": one_step[k] for k in ONE_STEP_KEYS if k in one_step})
     return out
@@ -98,10 +99,10 @@ def _quality(config: Config, x0, x_T, dataset: Dataset, held, seed: int, classif
         if x0 is not None:
             out["energy_distance_reference"] = float(metrics.energy_distance(x0, held))
         return out
-    if config.dataset in DIGIT_DATASETS and tuple(config.data_shape) == metrics.IMAGE_SHAPE:
-        params_c, accuracy = metrics.load_or_train_classifier(classifier_cache)
-        return metrics.image_quality(np.clip(x_T, 0.0, 1.0), params_c, accuracy, held, dataset.train, seed=seed)
-    nearest, interval = intervals.mean_interval(metrics.nearest_train_distances(x_T, dataset.train))
+    if config.dataset in DIGIT_DATASETS and tuple(config.data_shape) == classifier.IMAGE_SHAPE:
+        params_c, accuracy = classifier.load_or_train_classifier(classifier_cache)
+        return image_metrics.image_quality(np.clip(x_T, 0.0, 1.0), params_c, accuracy, held, dataset.train, seed=seed)
+    nearest, interval = intervals.mean_interval(image_metrics.nearest_train_distances(x_T, dataset.train))
     return {"nearest_train_distance": nearest, "nearest_train_distance_interval": list(interval)}
 
 
@@ -123,7 +124,7 @@ def quality_floor(config: Config, dataset: Dataset, n: int, seed: int = 0, class
     held = dataset.heldout[:n]
     quality = _quality(config, None, floor_samples(dataset, n), dataset, held, seed, classifier_cache)
     out = {k: v for k, v in quality.items() if k.removesuffix("_interval") in FLOOR_KEYS}
-    nearest, interval = intervals.mean_interval(metrics.nearest_train_distances(held, dataset.train))
+    nearest, interval = intervals.mean_interval(image_metrics.nearest_train_distances(held, dataset.train))
     out.update({"nearest_train_distance": nearest, "nearest_train_distance_interval": list(interval)})
     return out
 
@@ -157,3 +158,50 @@ def vector_quality(x, held, *, embedded: bool, seed: int = 0, num_resamples: int
         value, interval = intervals.mean_interval(np.linalg.norm(np.asarray(x)[:, 2:], axis=1))
         out.update({"off_manifold_mass": value, "off_manifold_mass_interval": list(interval)})
     return out
+
+
+# ------------------------------------------------------------------------ a flow across samplers
+Sampler = tuple  # (label, keyword arguments of `sample.sample`: solver, num_steps, rtol, atol, ...)
+
+
+def few_step_samplers() -> list[Sampler]:
+    """Euler at 1, 2, 3, 5 steps, Heun at 2 and 4 NFE, Dopri5 rtol = atol = 1e-4."""
+    out = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 3, 5)]
+    out += [(f"heun {2 * k}", {"solver": "heun", "num_steps": k}) for k in (1, 2)]
+    return out + [("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})]
+
+
+def measure_samplers(config: Config, params, x0, samplers: list[Sampler], reference: Sampler, quality,
+                     path_points: int = ADAPTIVE_PATH_POINTS) -> dict:
+    """A trained flow across samplers, from the same x0, against a reference solve.
+
+    Returns {"flow": kinetic_energy, straight_line_bound, ke_over_bound and straightness_ratio on the
+    reference path (kept at `path_points` times), "samplers": {label: {"nfe", "deviation", **quality(x_T)}}}
+    for every sampler and the reference (in `samplers`' order; the reference last when it is not among them).
+    deviation = mean|x_T − x_T^ref| / mean distance between independent samples (`discretization_deviation`).
+    """
+    net = make_flow_network(config)
+    ref = sample(net, params, x0, T=config.T, lam=config.lam, save_points=path_points, **reference[1])
+    path = np.asarray(ref.path)
+    x_ref = path[-1]
+    ke = float(path_metrics.path_kinetic_energy(path, config.T))
+    bound = float(path_metrics.straight_line_bound(path[0], path[-1], config.T))
+    flow = {"kinetic_energy": ke, "straight_line_bound": bound, "ke_over_bound": ke / bound,
+            "straightness_ratio": float(path_metrics.straightness_ratio(path))}
+    labels = [label for label, _ in samplers]
+    out = {}
+    for label, kwargs in samplers + ([] if reference[0] in labels else [reference]):
+        if label == reference[0]:
+            x_T, nfe = x_ref, int(ref.nfe)
+        else:
+            res = sample(net, params, x0, T=config.T, lam=config.lam, **kwargs)
+            x_T, nfe = np.asarray(res.x_T), int(res.nfe)
+        dev = float(path_metrics.discretization_deviation(x_T.reshape(len(x_T), -1), x_ref.reshape(len(x_ref), -1)))
+        out[label] = {"nfe": nfe, "deviation": dev, **quality(x_T)}
+    return {"flow": flow, "samplers": out}
+
+
+def sampler_samples(config: Config, params, x0, samplers: list[Sampler]) -> list[np.ndarray]:
+    """x_T of x0 by every sampler, in order (the rows of a figure of samples per sampler)."""
+    net = make_flow_network(config)
+    return [np.asarray(sample(net, params, x0, T=config.T, lam=config.lam, **kw).x_T) for _, kw in samplers]

@@ -32,26 +32,18 @@ MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50
 # ------------------------------------------------------------------------------------------------
 # THE MAIN JOB (`w12 train` with no preset): W1⊕W2 on mnist5k with the paper's networks (conv 8ch 7×7 ×2 +
 # MLP 512³ for U, 256³ for phi), T, h, lam, L, KL divergence and Adam betas, resized for ~10 minutes on a
-# 2-core CPU: B = 100, n_D = 2 critic updates per outer iteration (the critic's gradient-penalty updates are
-# most of the step's cost), 2400 iterations at 0.22 s each. Learning rates 1e-3 for both networks and
-# gp_weight 5 (|∇phi| stays ≈ L = 1; the paper's 0.1 does not hold it, design.md §8): with 2e-3 the
-# conv potential hopped between modes (Fréchet distance 137, 362, 165 at iterations 1200, 1800, 2400), with
-# lr_potential 5e-4 too (186, 130, 184); with 1e-3 it stayed at 120, 122, 119 (seed 0). The MLP potential
-# (256³) that was the main job until 2026-11-25 reached 169 and left the reference noise in the background.
+# 2-core CPU: B = 100, n_D = 2, learning rates 1e-3, gp_weight 5 (|∇phi| stays ≈ L), plus the
+# velocity-consistency penalty (design.md §11) at the CPU time of 2400 iterations without it. Why each value:
+# experiments/results/main_job/README.md.
 MAIN_PLAIN = dataclasses.replace(MNIST, batch_size=100, n_critic=2, lr_potential=1e-3, lr_discriminator=1e-3,
                                  gp_weight=5.0, iterations=2400, checkpoint_every=600, sample_every=600)
-# The main job adds the velocity-consistency penalty (design.md §11) with weight 50: straighter flows, better
-# at 1, 2 and 5 NFE and adaptively on two seeds (experiments/results/few_step/). The penalty costs 7–11 % per
-# iteration (0.748 vs 0.702 s and 0.72 vs 0.65 s, two side-by-side measurements on a 2-core EPYC), so 2180
-# iterations keep the CPU time of MAIN_PLAIN's 2400.
 MAIN = dataclasses.replace(MAIN_PLAIN, velocity_weight=50.0, iterations=2180)
 MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, the paper's conv networks, B = 100, n_D = 2, lr 1e-3, "
                     "gp_weight 5, velocity_weight 50, 2180 iterations (~10 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
-# Flow matching of the same conv potential (design.md §11), the yardstick of experiments.compare: one
-# regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) as for any regression. lr 5e-4: after
-# 1500 OT-CFM iterations Fréchet distance 206 (class entropy 1.75) at 5 NFE, against 224 (1.56) with the main
-# job's 1e-3 (seed 0).
+# Flow matching of the same conv network (design.md §11), the yardstick of experiments.compare: one
+# regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) at lr 5e-4 as for any regression
+# (the learning-rate screen: experiments/results/main_job/README.md).
 CFM_OPTIMIZER = dict(n_critic=1, beta1=0.9, beta2=0.999)
 MNIST_CFM = dataclasses.replace(MAIN_PLAIN, objective="icfm", lr_potential=5e-4, **CFM_OPTIMIZER)
 FLOW_MATCHING = {"cfm": "icfm", "otcfm": "otcfm"}  # preset suffix -> objective

@@ -24,7 +24,7 @@ from w12_jax.networks import make_flow_network
 from w12_jax.reference import sample_reference
 from w12_jax.sample import sample
 
-REFLOW_KEY = 0x7EF1  # folded into PRNGKey(seed) for the pairs' x0: never the x0 of `loop.generate`
+REFLOW_KEY = 0x7EF1  # folded into PRNGKey(seed) for the pairs' x0: never the x0 of `sample.generate`
 
 
 def reflow_pairs(config: Config, params, n: int, *, seed: int = 1, chunk: int = 1000, **solver_kwargs):

@@ -16,8 +16,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from w12_jax.config import MAX_EULER_STEPS
+import numpy as np
+
+from w12_jax.config import MAX_EULER_STEPS, Config
 from w12_jax.flow import velocity
+from w12_jax.networks import make_flow_network
+from w12_jax.reference import sample_reference
 
 SOLVERS = {
     "euler": diffrax.Euler,
@@ -106,3 +110,41 @@ def sample(network, params, x0, *, T: float, lam: float,
     if save_points is None:
         return SampleResult(sol.ys[-1], nfe, steps, None, None)
     return SampleResult(sol.ys[-1], nfe, steps, sol.ts, sol.ys)
+
+
+# ------------------------------------------------------------------------ samples of a run
+SAMPLE_KEY = 0x5A3  # fold_in tag of the fixed x0 of `generate` (the sample figures, `w12 sample`, evaluation)
+
+
+def generate(config: Config, params, n: int, *, seed: int = 0, solver="euler", dt: Optional[float] = None,
+             num_steps: Optional[int] = None, rtol: Optional[float] = None,
+             save_points: Optional[int] = None) -> tuple[np.ndarray, SampleResult]:
+    """(x0, result): n samples from the trained flow; x0 ~ rho_0 drawn from PRNGKey(seed).
+
+    Defaults to the training integrator (Euler with step config.dt); rtol: adaptive steps with
+    rtol = atol. save_points: number of equally spaced times in [0, T] at which the path is also returned.
+    """
+    if dt is None and num_steps is None and rtol is None:
+        dt = config.dt
+    x0 = sample_reference(config, jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_KEY), (n,))
+    res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, solver=solver, dt=dt,
+                 num_steps=num_steps, rtol=rtol, atol=rtol, save_points=save_points)
+    return np.asarray(x0), res
+
+
+def write_samples_figure(config: Config, params, path: str, data: Optional[np.ndarray] = None,
+                         title: str = "", seed: int = 0) -> str:
+    """Image grid of 64 samples, or a 2-D scatter of up to 2000 samples with their Euler paths.
+
+    Runs on this process alone: replicated parameters are first taken from a local device.
+    """
+    from w12_jax.plots import image_grid, scatter_with_trajectories  # matplotlib: only when drawing
+
+    params = jax.tree_util.tree_map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, params)
+    if len(config.data_shape) == 3:
+        _, res = generate(config, params, 64, seed=seed)
+        return image_grid(np.asarray(res.x_T), path, title)
+    n = min(config.eval_samples, 2000)
+    _, res = generate(config, params, n, seed=seed, save_points=config.num_steps + 1)
+    return scatter_with_trajectories(np.asarray(res.x_T), path, data=data,
+                                           trajectories=np.asarray(res.path), title=title)
