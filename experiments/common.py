@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -10,7 +11,9 @@ from typing import Callable, Sequence
 import jax
 
 from w12_jax.config import Config
+from w12_jax.evaluation import measure_samplers
 from w12_jax.loop import TrainingDiverged, train_and_evaluate
+from w12_jax.presets import get_preset
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 RUNS = os.environ.get("W12_EXPERIMENT_RUNS", os.path.join("runs", "experiments"))
@@ -70,17 +73,39 @@ def digit_rows_figure(grids: dict, row_labels: Sequence[str], path: str) -> str:
 
 
 def digit_quality(classifier, accuracy, dataset):
-    """quality(x_T) -> `metrics.image_quality` of digits x_T (clipped to [0, 1]) against the data set's
+    """quality(x_T) -> `image_metrics.image_quality` of digits x_T (clipped to [0, 1]) against the data set's
     held-out and training digits: Fréchet distance, precision, recall, class entropy, nearest training digit,
     each with its 95 % sampling interval."""
     import numpy as np
 
-    from w12_jax import metrics
+    from w12_jax import image_metrics
 
     def quality(x_T):
-        return metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, dataset.heldout, dataset.train)
+        return image_metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, dataset.heldout, dataset.train)
 
     return quality
+
+
+def lowdim_config(dataset: str, dim: int, case: str, full: bool = False, iterations: int = 2000) -> Config:
+    """The low-dimensional preset `dataset` in R^dim (case or flow-matching suffix), or with full=False its CPU
+    schedule: `iterations` iterations at 10x the paper's learning rates on 20000 points."""
+    cfg = get_preset(f"{dataset}{'' if dim == 2 else f'{dim}d'}-{case}")
+    if full:
+        return cfg
+    return dataclasses.replace(cfg, iterations=iterations, lr_potential=10 * cfg.lr_potential,
+                               lr_discriminator=10 * cfg.lr_discriminator, num_samples=20_000,
+                               checkpoint_every=iterations, sample_every=iterations,
+                               log_every=50, eval_samples=2000)
+
+
+def measured(workdir: str, cfg: Config, state, x0, quality, samplers: list, reference: tuple, key: dict,
+             filename: str, path_points: int = 65) -> tuple[dict, dict]:
+    """(flow, samplers) of `evaluation.measure_samplers` for the trained `state` (its EMA parameters) from x0,
+    cached in workdir/filename while `key` (with the checkpoint step and n) is the same."""
+    report = cached(workdir, {"step": int(state.step), "n": len(x0), **key},
+                    lambda: measure_samplers(cfg, state.potential_ema, x0, samplers, reference, quality,
+                                             path_points), filename)
+    return report["flow"], report["samplers"]
 
 
 def cached(workdir: str, key: dict, compute: Callable[[], dict], filename: str = "few_step.json") -> dict:
@@ -108,7 +133,7 @@ def interval_cell(value: float, interval, digits: int = 3) -> str:
 
 
 def digit_cells(q: dict) -> list:
-    """The DIGIT_HEADER cells of a `metrics.image_quality` dict, each figure with its 95 % interval."""
+    """The DIGIT_HEADER cells of an `image_metrics.image_quality` dict, each figure with its 95 % interval."""
     return ([interval_cell(q[k], q.get(k + "_interval")) for k in ("frechet_distance", "precision", "recall",
                                                                      "class_entropy")]
             + [f"{q['min_class_fraction']:.3f}" if "min_class_fraction" in q else "–",

@@ -9,7 +9,7 @@ MNIST (mnist5k): the main job (preset mnist5k) against the yardstick, OT-CFM wit
 the seconds per iteration measured side by side in one process; optional rows: the main job without its
 velocity penalty, I-CFM and OT-CFM of the conv potential, at the same CPU time. Each (method, seed) trains in
 its own workdir (a finished run is reused). Samplers: Euler at 1, 2, 5, 20 NFE and Dopri5 (rtol = atol =
-1e-4) from the same x0; every figure with its 95 % sampling interval (`metrics.image_quality`), the floor of
+1e-4) from the same x0; every figure with its 95 % sampling interval (`image_metrics.image_quality`), the floor of
 training digits at the same sample size, and the seed mean ± sd with the Student-t interval of the mean.
 Low-dimensional (seed 0): W1⊕W2, I-CFM and OT-CFM with the W1⊕W2 preset's networks on the manifolds
 experiment's CPU schedule (2000 iterations, 10x the paper's learning rates); energy distance to held-out data
@@ -23,22 +23,21 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
-import jax
 import numpy as np
 
-from experiments.common import DIGIT_HEADER, RESULTS, RUNS, cached, command_line, digit_cells, digit_quality, \
-    digit_rows_figure, interval_cell, machine, markdown_table, train_or_diverge, write_results
-from w12_jax import intervals, metrics
+from benchmarks.train_step import side_by_side_seconds
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_quality, \
+    digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, train_or_diverge, \
+    write_results
+from w12_jax import image_metrics, intervals
+from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config
-from w12_jax.data import sample_batches
-from w12_jax.evaluation import quality_floor, vector_quality
-from w12_jax.loop import generate, load_config_dataset
+from w12_jax.data import load_config_dataset
+from w12_jax.evaluation import quality_floor, sampler_samples, vector_quality
 from w12_jax.networks import make_flow_network
 from w12_jax.presets import MAIN_PLAIN, get_preset
-from w12_jax.sample import sample
-from w12_jax.train import init_train_state, make_train_step
+from w12_jax.sample import generate, sample
 
 MAIN_JOB = get_preset("mnist5k")
 YARDSTICK = dataclasses.replace(get_preset("mnist5k-otcfm"), velocity_field="direct")
@@ -68,10 +67,10 @@ def rates(methods) -> dict[str, float]:
             per_it = json.load(f)
     missing = [m for m in dict.fromkeys(["main", *methods]) if m not in per_it]
     if missing and per_it:
-        ratio = seconds_per_iteration({m: MNIST_METHODS[m][1] for m in ["main"] + missing})
+        ratio = side_by_side_seconds({m: MNIST_METHODS[m][1] for m in ["main"] + missing})
         per_it.update({m: per_it["main"] * ratio[m] / ratio["main"] for m in missing})
     elif missing:
-        per_it = seconds_per_iteration({m: MNIST_METHODS[m][1] for m in missing})
+        per_it = side_by_side_seconds({m: MNIST_METHODS[m][1] for m in missing})
     with open(path, "w") as f:
         json.dump(per_it, f)
     return per_it
@@ -100,52 +99,11 @@ def mnist_samplers(T: float) -> list[tuple[str, dict]]:
 
 
 def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> dict:
-    """{"flow": KE / straight-line bound and straightness on the Dopri5 path (PATH_POINTS times),
-    "samplers": {label: nfe, deviation from the Dopri5 samples, **quality}}, cached in workdir/compare.json."""
-    def compute():
-        net, params = make_flow_network(cfg), state.potential_ema
-        ref = sample(net, params, x0, T=cfg.T, lam=cfg.lam, save_points=PATH_POINTS, **REFERENCE[1])
-        path, x_ref = np.asarray(ref.path), np.asarray(ref.x_T)
-        ke = float(metrics.path_kinetic_energy(path, cfg.T))
-        bound = float(metrics.straight_line_bound(path[0], path[-1], cfg.T))
-        flow = {"kinetic_energy": ke, "straight_line_bound": bound, "ke_over_bound": ke / bound,
-                "straightness_ratio": float(metrics.straightness_ratio(path))}
-        out = {}
-        for label, kw in mnist_samplers(cfg.T):
-            x_T, nfe = ((x_ref, int(ref.nfe)) if label == REFERENCE[0] else
-                        (np.asarray((r := sample(net, params, x0, T=cfg.T, lam=cfg.lam, **kw)).x_T), int(r.nfe)))
-            dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), x_ref.reshape(len(x_ref), -1)))
-            out[label] = {"nfe": nfe, "deviation": dev, **quality(x_T)}
-        return {"flow": flow, "samplers": out}
-
-    return cached(workdir, {"step": int(state.step), "n": len(x0), "reference": REFERENCE[0], "protocol": PROTOCOL},
-                  compute, "compare.json")
-
-
-def seconds_per_iteration(configs: dict[str, Config], iterations: int = 10, rounds: int = 3) -> dict[str, float]:
-    """Seconds per training iteration of each config, side by side in this process: every step compiled
-    first, then `rounds` interleaved rounds of `iterations` iterations per config; the fastest round.
-    W1⊕W2 steps without the logged indicators, as the training loop runs 9 of every 10 iterations."""
-    runs = {}
-    for name, cfg in configs.items():
-        ds = load_config_dataset(cfg)
-        step = make_train_step(cfg, indicators=False)
-        data = [sample_batches(ds.train, seed=0, step=i, num_batches=cfg.n_critic, batch_size=cfg.batch_size)
-                for i in range(iterations)]
-        state, _ = step(init_train_state(cfg), data[0])
-        jax.block_until_ready(state)
-        runs[name] = [step, state, data]
-    best = {name: float("inf") for name in configs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            step, state, data = run
-            t0 = time.perf_counter()
-            for batch in data:
-                state, _ = step(state, batch)
-            jax.block_until_ready(state)
-            best[name] = min(best[name], (time.perf_counter() - t0) / iterations)
-            run[1] = state
-    return best
+    """`evaluation.measure_samplers` of `mnist_samplers` against the Dopri5 solve (PATH_POINTS times of its
+    path), cached in workdir/compare.json."""
+    flow, samplers = measured(workdir, cfg, state, x0, quality, mnist_samplers(cfg.T), REFERENCE,
+                              {"reference": REFERENCE[0], "protocol": PROTOCOL}, "compare.json", PATH_POINTS)
+    return {"flow": flow, "samplers": samplers}
 
 
 def training_seconds(workdir: str) -> float:
@@ -161,7 +119,7 @@ def mnist(args) -> tuple[dict, dict]:
     """(results: rates, floor, every run by "method-seedS" and the seed summary by method and sampler; digit
     grids by flow label for seed 0)."""
     per_it = rates(args.methods)
-    classifier, accuracy = metrics.load_or_train_classifier()
+    classifier, accuracy = load_or_train_classifier()
     dataset = load_config_dataset(MAIN_JOB)  # the fixed split: one reference for every seed and method
     quality = digit_quality(classifier, accuracy, dataset)
     runs, grids, x0 = {}, {}, None
@@ -182,10 +140,7 @@ def mnist(args) -> tuple[dict, dict]:
                           "status": status, "seconds_at_side_by_side_rate": cfg.iterations * per_it[method],
                           "training_seconds_as_run": training_seconds(workdir), **report}
             if seed == args.seeds[0]:
-                net = make_flow_network(cfg)
-                grids[f"{label}, seed {seed}"] = [
-                    np.asarray(sample(net, params, x0[:8], T=cfg.T, lam=cfg.lam, **kw).x_T)
-                    for _, kw in mnist_samplers(cfg.T)]
+                grids[f"{label}, seed {seed}"] = sampler_samples(cfg, params, x0[:8], mnist_samplers(cfg.T))
     floor = quality_floor(MAIN_JOB, dataset, args.n)
     return {"seconds_per_iteration": per_it, "budget_seconds": MAIN_JOB.iterations * per_it["main"],
             "n": args.n, "heldout": len(dataset.heldout[:args.n]), "floor": floor, "runs": runs, "summary": summarize(runs)}, grids
@@ -258,7 +213,7 @@ def mnist_text(results: dict, seeds: list) -> str:
         + markdown_table(["sampler"] + [MNIST_METHODS[m][0] for m in methods]
                          + ["Fréchet verdict", "precision verdict", "recall verdict"], fd_rows)
         + "\n\n### Coverage and memorisation (mean ± sd over the seeds)\n\nPrecision and recall: k-NN manifolds (k = "
-        f"{metrics.PRECISION_RECALL_NEIGHBOURS}, Kynkäänniemi et al. 2019) in the classifier's features, generated "
+        f"{image_metrics.PRECISION_RECALL_NEIGHBOURS}, Kynkäänniemi et al. 2019) in the classifier's features, generated "
         f"samples against the held-out digits; min class: the rarest digit's share of the samples (all ten equal: "
         f"0.1); nearest train: mean L2 distance of a sample to its nearest training digit (a copy scores 0).\n\n"
         + markdown_table(["sampler", "method", "precision", "recall", "class entropy", "min class",
@@ -275,15 +230,12 @@ def mnist_text(results: dict, seeds: list) -> str:
 
 def lowdim(args) -> dict:
     """Results by "<preset stem>-<method>"."""
-    from experiments.manifolds import config_for
-
-    schedule = argparse.Namespace(full=False, iterations=2000)
     results = {}
     for dataset in ("moons", "pinwheel"):
         for dim in (2, 7, 12):
             stem = f"{dataset}{'' if dim == 2 else f'{dim}d'}"
             for method, label in LOWDIM_METHODS.items():
-                cfg = config_for(dataset, dim, method, schedule)
+                cfg = lowdim_config(dataset, dim, method)
                 # the 12-D W1⊕W2 runs are experiments.few_step's (the same config)
                 workdir = (os.path.join(RUNS, "few_step", f"{dataset}12d", "main") if (dim, method) == (12, "w1w2")
                            else os.path.join(RUNS, "compare", stem, method))

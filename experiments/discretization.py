@@ -5,7 +5,7 @@ MNIST flows from the same x0 with Euler at h ∈ {1, 1/2, 1/4, 1/8, 1/64}, Heun,
 
 Needs the runs of `experiments.mnist_cases` (same --full flag). Reports, per solver: NFE, the
 discretization deviation mean|x_T^(h) − x_T^(ref)| / mean distance between independent samples against
-Euler h = 1/64, and the image-quality metrics of `w12_jax.metrics`. Must show: W1⊕W2 deviates less than
+Euler h = 1/64, and the image-quality metrics of `w12_jax.image_metrics`. Must show: W1⊕W2 deviates less than
 W1-only at h = 1.
 """
 
@@ -19,9 +19,11 @@ import numpy as np
 
 from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_floor_text, \
     digit_rows_figure, machine, markdown_table, write_results
-from w12_jax import metrics
+from w12_jax import image_metrics, path_metrics
+from w12_jax.classifier import load_or_train_classifier
 from w12_jax.checkpoint import Checkpointer
-from w12_jax.loop import generate, load_config_dataset
+from w12_jax.data import load_config_dataset
+from w12_jax.sample import generate
 from w12_jax.networks import make_flow_network
 from w12_jax.presets import CASE_NAMES
 from w12_jax.sample import sample
@@ -48,7 +50,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     runs = os.path.join(RUNS, "mnist_cases" + ("-full" if args.full else ""))
-    classifier, accuracy = metrics.load_or_train_classifier()
+    classifier, accuracy = load_or_train_classifier()
     rows, results = [], {}
     grids = {}
     for case in CASES:
@@ -63,8 +65,8 @@ def main(argv=None):
             samples[label] = (np.asarray(res.x_T), int(res.nfe))
         ref = samples["euler h=1/64"][0]
         for label, (x_T, nfe) in samples.items():
-            q = metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
-            dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), ref.reshape(len(ref), -1)))
+            q = image_metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
+            dev = float(path_metrics.discretization_deviation(x_T.reshape(len(x_T), -1), ref.reshape(len(ref), -1)))
             results.setdefault(case, {})[label] = {"nfe": nfe, "deviation": dev, **q}
             rows.append([CASE_NAMES[case], label, nfe, dev, *digit_cells(q), q["confidence"]])
         grids[case] = {label: samples[label][0][:8] for label, _ in solvers(config.T)}

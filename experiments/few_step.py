@@ -24,16 +24,16 @@ from typing import Callable
 
 import numpy as np
 
-from experiments.common import DIGIT_HEADER, RESULTS, RUNS, cached, command_line, digit_cells, \
-    digit_floor_text, digit_quality, digit_rows_figure, interval_cell, machine, markdown_table, train_or_diverge, \
-    write_results
-from w12_jax import metrics
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_floor_text, \
+    digit_quality, digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, \
+    train_or_diverge, write_results
+from w12_jax import image_metrics
+from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config, with_case
-from w12_jax.evaluation import floor_samples, vector_quality
-from w12_jax.loop import generate, load_config_dataset
-from w12_jax.networks import make_flow_network
+from w12_jax.data import load_config_dataset
+from w12_jax.evaluation import few_step_samplers, floor_samples, sampler_samples, vector_quality
 from w12_jax.presets import MAIN, MAIN_PLAIN
-from w12_jax.sample import sample
+from w12_jax.sample import generate
 
 FINE_STEPS = 320  # Euler h = T/320: h = 1/64 in the paper's MNIST units (T = 5)
 FINE_SAVE = 65  # points of the fine path kept for the kinetic energy and straightness
@@ -88,60 +88,14 @@ VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
 DEFAULT_VARIANTS = ("main", "adopted", "w1")
 
 
-def samplers(T: float) -> list[tuple[str, dict]]:
-    """(label, `sample` kwargs): Euler at 1, 2, 3, 5 steps, Heun at 2 and 4 NFE, Dopri5 rtol = atol = 1e-4."""
-    out = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 3, 5)]
-    out += [(f"heun {2 * k}", {"solver": "heun", "num_steps": k}) for k in (1, 2)]
-    out += [("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})]
-    return out
+REFERENCE = (f"euler {FINE_STEPS} (fine)", {"solver": "euler", "num_steps": FINE_STEPS})
 
 
-def sampler_rows(config: Config, params, x0: np.ndarray) -> list[np.ndarray]:
-    """x_T of x0 by every sampler of `samplers`, in its order: the rows of a `digit_rows_figure` panel."""
-    network = make_flow_network(config)
-    return [np.asarray(sample(network, params, x0, T=config.T, lam=config.lam, **kw).x_T)
-            for _, kw in samplers(config.T)]
-
-
-def flow_report(config: Config, params, x0: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Kinetic energy, straight-line bound, their ratio and the straightness ratio on the fine Euler path;
-    returns (report, x_T of the fine solve)."""
-    res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, solver="euler",
-                 num_steps=FINE_STEPS, save_points=FINE_SAVE)
-    path = np.asarray(res.path)
-    ke = float(metrics.path_kinetic_energy(path, config.T))
-    bound = float(metrics.straight_line_bound(path[0], path[-1], config.T))
-    return {"kinetic_energy": ke, "straight_line_bound": bound, "ke_over_bound": ke / bound,
-            "straightness_ratio": float(metrics.straightness_ratio(path))}, path[-1]
-
-
-def sampler_reports(config: Config, params, x0: np.ndarray, fine: np.ndarray, quality: Callable,
-                    sampler_list: list | None = None) -> dict:
-    """{label: {nfe, deviation, **quality(x_T)}} for every sampler of `sampler_list` (default `samplers`),
-    and the fine solve."""
-    out = {}
-    flat_ref = fine.reshape(len(fine), -1)
-    for label, kwargs in (sampler_list or samplers(config.T)) + [(f"euler {FINE_STEPS} (fine)", None)]:
-        if kwargs is None:
-            x_T, nfe = fine, FINE_STEPS
-        else:
-            res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, **kwargs)
-            x_T, nfe = np.asarray(res.x_T), int(res.nfe)
-        dev = float(metrics.discretization_deviation(x_T.reshape(len(x_T), -1), flat_ref))
-        out[label] = {"nfe": nfe, "deviation": dev, **quality(x_T)}
-    return out
-
-
-def measured(workdir: str, cfg: Config, state, x0: np.ndarray, quality: Callable, sampler_list: list | None = None,
-             filename: str = "few_step.json") -> tuple[dict, dict]:
-    """(flow_report, sampler_reports) of the trained `state` from x0, cached in workdir/filename per checkpoint
-    step."""
-    def measure():
-        flow, fine = flow_report(cfg, state.potential_ema, x0)
-        return {"flow": flow, "samplers": sampler_reports(cfg, state.potential_ema, x0, fine, quality, sampler_list)}
-
-    report = cached(workdir, {"step": int(state.step), "n": len(x0), "fine_steps": FINE_STEPS}, measure, filename)
-    return report["flow"], report["samplers"]
+def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> tuple[dict, dict]:
+    """`evaluation.measure_samplers` of `few_step_samplers` against the fine Euler solve (FINE_SAVE points of
+    its path), cached in workdir/few_step.json."""
+    return measured(workdir, cfg, state, x0, quality, few_step_samplers(), REFERENCE, {"fine_steps": FINE_STEPS},
+                    "few_step.json", FINE_SAVE)
 
 
 def train_variant(base: Config, variant: str, iterations: int | None, group: str):
@@ -171,7 +125,7 @@ def parse_iterations(items: list[str]) -> dict:
 
 
 def mnist(args) -> tuple[list, dict, dict]:
-    classifier, accuracy = metrics.load_or_train_classifier()
+    classifier, accuracy = load_or_train_classifier()
     base = MAIN_PLAIN  # the variants are changes of the main job without its velocity penalty
     quality = digit_quality(classifier, accuracy, load_config_dataset(base))
     rows, results, grids = [], {}, {}
@@ -186,24 +140,21 @@ def mnist(args) -> tuple[list, dict, dict]:
         params = state.potential_ema
         x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
 
-        flow, per_sampler = measured(workdir, cfg, state, x0, quality)
+        flow, per_sampler = measure(workdir, cfg, state, x0, quality)
         results[variant] = {"description": VARIANTS[variant][0], "iterations": cfg.iterations,
                             "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
             rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], *digit_cells(r), r["deviation"],
                          flow["ke_over_bound"], flow["straightness_ratio"], seconds])
-        grids[variant] = sampler_rows(cfg, params, x0[:8])
+        grids[variant] = sampler_samples(cfg, params, x0[:8], few_step_samplers())
     return rows, results, grids
 
 
 def lowdim(args) -> tuple[list, dict]:
-    from experiments.manifolds import config_for
-
     rows, results = [], {}
-    schedule = argparse.Namespace(full=False, iterations=2000)
     for dataset in ("moons", "pinwheel"):
-        base = config_for(dataset, 12, "w1w2", schedule)
+        base = lowdim_config(dataset, 12, "w1w2")
         ds = load_config_dataset(base)
         held = ds.heldout[:2000]
         floor = vector_quality(floor_samples(ds, 2000), held, embedded=True, sinkhorn=False)
@@ -223,7 +174,7 @@ def lowdim(args) -> tuple[list, dict]:
                 return {k: q[k] for k in ("energy_distance", "energy_distance_interval", "off_manifold_mass",
                                           "off_manifold_mass_interval")}
 
-            flow, per_sampler = measured(workdir, cfg, state, x0, quality)
+            flow, per_sampler = measure(workdir, cfg, state, x0, quality)
             results[name] = {"config": cfg.to_dict(), "status": status, "training_seconds": seconds,
                              "flow": flow, "samplers": per_sampler}
             for label, r in per_sampler.items():
@@ -248,7 +199,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     rows, results, grids = mnist(args)
     stem = "" if None not in args.iterations else f"-{args.iterations[None]}"
-    labels = [label for label, _ in samplers(5.0)]
+    labels = [label for label, _ in few_step_samplers()]
     digit_rows_figure(grids, labels,
                       os.path.join(args.out, f"digits{stem}.png"))
     header = ["variant", "sampler", "NFE", *DIGIT_HEADER, "deviation vs fine", "KE / bound", "straightness",
@@ -260,7 +211,7 @@ def main(argv=None):
             f"classifier). Deviation: mean|x_T − x_T^fine| over the mean distance between independent samples, "
             f"against Euler with {FINE_STEPS} steps (h = 1/64 in the paper's units); KE / bound and "
             f"straightness on that fine path. Each figure with its 95 % sampling interval; precision and recall: "
-            f"k-NN manifolds (k = {metrics.PRECISION_RECALL_NEIGHBOURS}) in the classifier's features; min class: the "
+            f"k-NN manifolds (k = {image_metrics.PRECISION_RECALL_NEIGHBOURS}) in the classifier's features; min class: the "
             f"rarest digit's share; nearest train: mean distance to the nearest training digit.\n\n"
             f"{markdown_table(header, rows)}\n\n{args.floor_text}\n\n"
             f"![digits](digits{stem}.png)\n")

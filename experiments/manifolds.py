@@ -18,7 +18,6 @@ The CPU schedule trains `--iterations` (default 2000) outer iterations at 10x th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -29,12 +28,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.common import RESULTS, RUNS, command_line, interval_cell, machine, markdown_table, train_or_diverge, \
+from experiments.common import RESULTS, RUNS, command_line, lowdim_config, interval_cell, machine, markdown_table, train_or_diverge, \
     versions  # noqa: E402
 from w12_jax import intervals, metrics  # noqa: E402
 from w12_jax.evaluation import evaluate, floor_samples  # noqa: E402
-from w12_jax.loop import generate, load_config_dataset  # noqa: E402
-from w12_jax.presets import get_preset  # noqa: E402
+from w12_jax.data import load_config_dataset  # noqa: E402
+from w12_jax.sample import generate  # noqa: E402
 
 DATASETS, DIMS, CASES = ("moons", "pinwheel"), (2, 7, 12), ("w1w2", "w1", "w2")
 COLUMNS = ("sinkhorn_divergence", "energy_distance", "energy_distance_reference", "sliced_w2", "off_manifold_mass",
@@ -57,16 +56,6 @@ def authors_sinkhorn(x_T: np.ndarray, held: np.ndarray) -> dict:
             "heldout": int(min(n, len(held)))}
 
 
-def config_for(dataset, dim, case, args):
-    cfg = get_preset(f"{dataset}{'' if dim == 2 else f'{dim}d'}-{case}")
-    if args.full:
-        return cfg
-    return dataclasses.replace(cfg, iterations=args.iterations, lr_potential=10 * cfg.lr_potential,
-                               lr_discriminator=10 * cfg.lr_discriminator, num_samples=20_000,
-                               checkpoint_every=args.iterations, sample_every=args.iterations,
-                               log_every=50, eval_samples=2000)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true")
@@ -84,7 +73,7 @@ def main(argv=None):
     for di, dataset in enumerate(DATASETS):
         for mi, dim in enumerate(DIMS):
             for ci, case in enumerate(CASES):
-                cfg = config_for(dataset, dim, case, args)
+                cfg = lowdim_config(dataset, dim, case, args.full, args.iterations)
                 name = f"{dataset}-{dim}d-{case}"
                 ax = axes[di * len(DIMS) + mi, ci]
                 if name not in args.only:

@@ -21,12 +21,15 @@ import jax
 import numpy as np
 
 from experiments.common import DIGIT_HEADER, RESULTS, command_line, digit_cells, digit_floor_text, digit_quality, \
-    digit_rows_figure, machine, markdown_table, write_results
-from experiments.few_step import measured, sampler_rows, samplers
-from w12_jax import metrics
+    digit_rows_figure, machine, markdown_table, measured, write_results
 from w12_jax.checkpoint import CheckpointError, Checkpointer
-from w12_jax.loop import generate, load_config_dataset
+from w12_jax.classifier import load_or_train_classifier
+from w12_jax.data import load_config_dataset
+from w12_jax.evaluation import few_step_samplers, sampler_samples
 from w12_jax.reflow import reflow, reflow_pairs
+from w12_jax.sample import generate
+
+FINE = ("euler 320 (fine)", {"solver": "euler", "num_steps": 320})  # the reference solve of experiments.few_step
 
 
 def main(argv=None):
@@ -65,23 +68,24 @@ def main(argv=None):
     with Checkpointer(os.path.join(out_dir, "checkpoints")) as ckpt:
         ckpt.save(reflowed, cfg, force=True)
 
-    classifier, accuracy = metrics.load_or_train_classifier()
+    classifier, accuracy = load_or_train_classifier()
     quality = digit_quality(classifier, accuracy, load_config_dataset(cfg))
     x0, _ = generate(cfg, state.potential_ema, args.n, num_steps=1)  # PRNGKey(0): few_step's x0
     rows, results, grids = [], {}, {}
     for name, run_dir, st in (("before", workdir, state), ("after reflow", out_dir, reflowed)):
-        flow, per_sampler = measured(run_dir, cfg, st, x0, quality)
+        flow, per_sampler = measured(run_dir, cfg, st, x0, quality, few_step_samplers(), FINE, {"fine_steps": FINE[1]["num_steps"]},
+                                     "few_step.json")
         results[name] = {"workdir": run_dir, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
             rows.append([name, label, r["nfe"], *digit_cells(r), r["deviation"], flow["ke_over_bound"],
                          flow["straightness_ratio"]])
-        grids[name] = sampler_rows(cfg, st.potential_ema, x0[:8])
+        grids[name] = sampler_samples(cfg, st.potential_ema, x0[:8], few_step_samplers())
     results["reflow"] = {"pairs": args.pairs, "pair_steps": args.pair_steps, "iterations": args.iterations,
                          "lr": args.lr, "seed": args.seed, "pair_seconds": pair_seconds,
                          "reflow_seconds": reflow_seconds,
                          "loss_first_100": float(np.mean(losses[:100])), "loss_last_100": float(np.mean(losses[-100:]))}
     os.makedirs(args.out, exist_ok=True)
-    digit_rows_figure(grids, [label for label, _ in samplers(cfg.T)], os.path.join(args.out, "digits.png"))
+    digit_rows_figure(grids, [label for label, _ in few_step_samplers()], os.path.join(args.out, "digits.png"))
     header = ["flow", "sampler", "NFE", *DIGIT_HEADER, "deviation vs fine", "KE / bound", "straightness"]
     results["floor"], floor_text = digit_floor_text(cfg, load_config_dataset(cfg), args.n)
     r = results["reflow"]
