@@ -29,7 +29,7 @@ from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_
     train_or_diverge, write_results
 from w12_jax import image_metrics
 from w12_jax.classifier import load_or_train_classifier
-from w12_jax.config import Config, with_case
+from w12_jax.config import Config, override, parse_assignment, with_case
 from w12_jax.data import load_config_dataset
 from w12_jax.evaluation import few_step_samplers, floor_samples, sampler_samples, vector_quality
 from w12_jax.presets import MAIN, MAIN_PLAIN
@@ -98,13 +98,26 @@ def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> tuple[
                     "few_step.json", FINE_SAVE)
 
 
+def variant_change(variant: str) -> tuple[str, Callable[[Config], Config]]:
+    """(description, change) of a VARIANTS name, or of 'NAME+key=value+...': NAME's change, then the
+    assignments (config.override), e.g. 'straight+identity_path=scalar+cfm_weight=1'."""
+    name, *assignments = variant.split("+")
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)} (optionally +key=value...)")
+    description, change = VARIANTS[name]
+    if not assignments:
+        return description, change
+    pairs = dict(parse_assignment(a) for a in assignments)
+    return f"{description}, {', '.join(assignments)}", lambda c: override(change(c), pairs)
+
+
 def train_variant(base: Config, variant: str, iterations: int | None, group: str):
     """(config, state or None, status, training seconds, workdir) of `variant` of `base`, trained in its own
     workdir."""
     if iterations:  # MFG iterations: a warm-started variant adds its OT-CFM iterations
         base = dataclasses.replace(base, iterations=iterations, checkpoint_every=min(base.checkpoint_every, iterations),
                                    sample_every=min(base.sample_every, iterations))
-    cfg = VARIANTS[variant][1](base)
+    cfg = variant_change(variant)[1](base)
     workdir = os.path.join(RUNS, "few_step", group, variant + (f"-{iterations}" if iterations else ""))
     state, status = train_or_diverge(cfg, workdir)
     with open(os.path.join(workdir, "run_info.json")) as f:
@@ -141,7 +154,7 @@ def mnist(args) -> tuple[list, dict, dict]:
         x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
 
         flow, per_sampler = measure(workdir, cfg, state, x0, quality)
-        results[variant] = {"description": VARIANTS[variant][0], "iterations": cfg.iterations,
+        results[variant] = {"description": variant_change(variant)[0], "iterations": cfg.iterations,
                             "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
@@ -187,7 +200,8 @@ def lowdim(args) -> tuple[list, dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="NAME[+key=value...]",
+                        help=f"variants: {', '.join(VARIANTS)}, each optionally with +key=value changes")
     parser.add_argument("--iterations", nargs="+", default=[], metavar="[VARIANT=]N",
                         help="MNIST: train N iterations instead of the main job's, for every variant or for one")
     parser.add_argument("--n", type=int, default=1000)
@@ -204,7 +218,7 @@ def main(argv=None):
                       os.path.join(args.out, f"digits{stem}.png"))
     header = ["variant", "sampler", "NFE", *DIGIT_HEADER, "deviation vs fine", "KE / bound", "straightness",
               "training s"]
-    variants = "\n".join(f"- `{v}`: {VARIANTS[v][0]}" for v in args.variants)
+    variants = "\n".join(f"- `{v}`: {variant_change(v)[0]}" for v in args.variants)
     text = (f"# Few-step sampling: MNIST\n\n"
             f"Command: `{command_line('experiments.few_step', argv)}`\n\nMachine: {machine()}\n\n{variants}\n\n"
             f"{args.n} samples from the same x0 per sampler (PRNGKey(0), clipped to [0, 1] for the digit "

@@ -77,3 +77,37 @@ def test_discriminator_architecture_overrides_the_shared_one():
     assert u_params["ScalarMLP_0"]["Dense_0"]["kernel"].shape[0] == 28 * 28 + 1  # pixels ⊕ t
     with pytest.raises(ConfigError, match="discriminator_architecture='conv' needs image data"):
         Config(data_shape=(2,), architecture="mlp", discriminator_architecture="conv")
+
+
+@pytest.mark.parametrize("form", ["scalar", "pixel"])
+@pytest.mark.parametrize("field", ["potential", "direct"])
+def test_identity_path_adds_a_t_x_to_the_velocity(form, field):
+    """design.md §13: with the identity path, −lam·v (potential) or v (direct) gains exactly a(t)·x, where
+    a(t) is the output of IdentityCoefficient; at initialisation a(t) = 0, so the network is unchanged."""
+    import dataclasses
+
+    from w12_jax.config import Config
+    from w12_jax.flow import velocity
+    from w12_jax.networks import IdentityCoefficient, make_flow_network
+
+    cfg = dataclasses.replace(Config(), data_shape=(4,), architecture="mlp", potential_hidden=(8,),
+                              velocity_field=field, objective="mfg" if field == "potential" else "otcfm")
+    with_path = dataclasses.replace(cfg, identity_path=form)
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
+    t = jnp.linspace(0.0, cfg.T, 5)
+    params = make_flow_network(with_path).init(jax.random.PRNGKey(1), x, t)
+    bare = {"params": {k: v for k, v in params["params"].items() if k != "IdentityCoefficient_0"}}
+    scale = -cfg.lam if field == "potential" else 1.0  # v = −∇U/lam, so −lam·v = ∇U
+
+    def gap(p):
+        return scale * (velocity(make_flow_network(with_path), p, cfg.lam)(x, t)
+                        - velocity(make_flow_network(cfg), bare, cfg.lam)(x, t))
+
+    np.testing.assert_allclose(gap(params), 0.0, atol=1e-6)
+    coefficient = params["params"]["IdentityCoefficient_0"]
+    shifted = jax.tree_util.tree_map(lambda a: a, params)
+    bias = jax.random.uniform(jax.random.PRNGKey(2), coefficient["Dense_1"]["bias"].shape, minval=0.5, maxval=1.5)
+    shifted["params"]["IdentityCoefficient_0"]["Dense_1"]["bias"] = bias
+    a = IdentityCoefficient(form, 4).apply({"params": shifted["params"]["IdentityCoefficient_0"]}, t)
+    assert a.shape == ((5, 1) if form == "scalar" else (5, 4))
+    np.testing.assert_allclose(gap(shifted), a * x, rtol=1e-5, atol=1e-6)

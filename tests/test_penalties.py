@@ -134,3 +134,27 @@ def test_penalty_weights_are_validated(name, value):
     with pytest.raises(ConfigError) as e:
         override(Config(), {name: value})
     assert f"{name} must be a finite number >= 0" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cfm_weight_adds_beta_times_the_flow_matching_loss_of_the_same_network():
+    """design.md §12: G(β) − G(0) = β · mean |v(x_t, t) − (y − x0)/T|² on the given pairs, v = −∇U/lam;
+    and the OT-CFM pairs of the step are a permutation of the data batch."""
+    from w12_jax.flow import velocity
+    from w12_jax.flow_matching import cfm_loss, ot_permutation
+
+    with jax.enable_x64(True):
+        x = jnp.zeros((1, 3), jnp.float64)
+        pu = make_potential(SMALL).init(jax.random.PRNGKey(1), x, jnp.zeros((1,)))
+        pphi = make_discriminator(SMALL).init(jax.random.PRNGKey(2), x)
+        x0 = jax.random.normal(jax.random.PRNGKey(4), (16, 3), jnp.float64)
+        data = jax.random.normal(jax.random.PRNGKey(5), (16, 3), jnp.float64) + 2.0
+        y = data[ot_permutation(x0, data)]
+        t = jax.random.uniform(jax.random.PRNGKey(6), (16,), jnp.float64, 0.0, SMALL.T)
+        beta = 2.5
+        with_cfm = potential_loss(build_model(dataclasses.replace(SMALL, cfm_weight=beta)), pu, pphi, x0,
+                                  cfm_pairs=(y, t))
+        without = potential_loss(build_model(SMALL), pu, pphi, x0)
+        direct, _ = cfm_loss(velocity(make_potential(SMALL), pu, SMALL.lam), x0, y, t, SMALL.T)
+        assert float(direct) > 1e-3 and without[1][3] is None
+        assert float(with_cfm[0] - without[0]) == pytest.approx(beta * float(direct), rel=1e-10)
+        np.testing.assert_array_equal(np.sort(np.asarray(y), axis=0), np.sort(np.asarray(data), axis=0))

@@ -24,6 +24,7 @@ LR_SCHEDULES = ("constant", "cosine")
 MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
 OBJECTIVES = ("mfg", "icfm", "otcfm")
 VELOCITY_FIELDS = ("potential", "direct")
+IDENTITY_PATHS = ("none", "scalar", "pixel")
 PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # design.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 # the fields a resumed run may change: its schedule and logging (the "loop" group below), not the problem or
@@ -89,6 +90,9 @@ class Config:
     # OT pairs, Adam(0.9, 0.999) at lr cfm_warmup_lr, the flow-matching presets' optimizer); 0 = off
     cfm_warmup: int = 0
     cfm_warmup_lr: float = 5e-4
+    # β > 0 keeps flow matching in the MFG objective: G + β·L_OT-CFM of the same network, on the potential
+    # phase's x0 paired with the last data batch by exact minibatch OT (design.md §12); 0 = off
+    cfm_weight: float = 0.0
     # optimisation
     n_critic: int = 5  # n_D (flow matching: 1 block of data per iteration, the last of n_critic)
     batch_size: int = 200  # ★ B, particles and data per update (global, over all devices)
@@ -111,6 +115,7 @@ class Config:
     potential_activation: str = "relu"
     discriminator_hidden: tuple[int, ...] = (256, 256, 256)
     discriminator_activation: str = "relu"
+    identity_path: str = "none"  # U + ½ a(t)|x|² ("scalar") or ½ Σ a_p(t) x_p² ("pixel"); direct: v + a(t)x
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
@@ -175,6 +180,7 @@ def _validate(cfg: Config) -> None:
     _one_of("reference", cfg.reference, REFERENCES)
     _one_of("objective", cfg.objective, OBJECTIVES)
     _one_of("velocity_field", cfg.velocity_field, VELOCITY_FIELDS)
+    _one_of("identity_path", cfg.identity_path, IDENTITY_PATHS)
     if cfg.velocity_field == "direct" and cfg.objective == "mfg":
         raise ConfigError("velocity_field='direct' needs a flow-matching objective (icfm or otcfm): the MFG "
                           "objective's HJ residual and terminal condition are defined through the potential U")
@@ -182,7 +188,10 @@ def _validate(cfg: Config) -> None:
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
               "iterations", "log_every", "steps_per_call", "checkpoint_every", "sample_every", "eval_samples",
               "conv_kernel", "reference_scale", "cfm_warmup_lr")
-    for name in ("gp_weight",) + PENALTY_WEIGHTS:
+    if cfg.cfm_weight and cfg.objective != "mfg":
+        raise ConfigError(f"cfm_weight adds OT-CFM to the MFG objective; objective={cfg.objective!r} is flow "
+                          "matching throughout")
+    for name in ("gp_weight", "cfm_weight") + PENALTY_WEIGHTS:
         v = getattr(cfg, name)
         if not (v >= 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")

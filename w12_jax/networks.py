@@ -118,18 +118,40 @@ def features_and_time(module, x, t):
     return jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
 
 
+class IdentityCoefficient(nn.Module):
+    """a(t) of an identity path (design.md §13): t (B,) -> (B, 1) ("scalar") or (B, d) ("pixel");
+    a small time network whose output layer starts at zero, so the path starts closed."""
+
+    form: str
+    size: int
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, t):
+        h = nn.silu(nn.Dense(self.hidden)(jnp.reshape(t, (-1, 1))))
+        width = 1 if self.form == "scalar" else self.size
+        return nn.Dense(width, kernel_init=nn.initializers.zeros)(h)
+
+
 class Potential(nn.Module):
-    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP."""
+    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP, plus ½ Σ_p a_p(t) x_p²
+    with an identity path (`identity_path` "scalar": one a(t); "pixel": a(t) per coordinate)."""
 
     hidden: Sequence[int]
     activation: str
     conv_channels: Sequence[int] = ()
     conv_kernel: int = 7
     space_to_depth: bool = True
+    identity_path: str = "none"
 
     @nn.compact
     def __call__(self, x, t):
-        return ScalarMLP(self.hidden, self.activation)(features_and_time(self, x, t))
+        u = ScalarMLP(self.hidden, self.activation)(features_and_time(self, x, t))
+        if self.identity_path == "none":
+            return u
+        flat = x.reshape(x.shape[0], -1)
+        a = IdentityCoefficient(self.identity_path, flat.shape[1])(t)
+        return u + 0.5 * jnp.sum(a * flat ** 2, axis=-1)
 
 
 class VelocityField(nn.Module):
@@ -142,6 +164,7 @@ class VelocityField(nn.Module):
     conv_channels: Sequence[int] = ()
     conv_kernel: int = 7
     space_to_depth: bool = True
+    identity_path: str = "none"
 
     @nn.compact
     def __call__(self, x, t):
@@ -149,7 +172,11 @@ class VelocityField(nn.Module):
         act = ACTIVATION_FNS[self.activation]
         for width in self.hidden:
             h = act(nn.Dense(width)(h))
-        return nn.Dense(int(np.prod(x.shape[1:])))(h).reshape(x.shape)
+        flat = x.reshape(x.shape[0], -1)
+        v = nn.Dense(flat.shape[1])(h)
+        if self.identity_path != "none":  # the skip v = N(x, t) + a(t) x (design.md §13)
+            v = v + IdentityCoefficient(self.identity_path, flat.shape[1])(t) * flat
+        return v.reshape(x.shape)
 
 
 class Discriminator(nn.Module):
@@ -174,7 +201,7 @@ def make_potential(config: Config) -> Potential:
     """The potential network described by `config`."""
     conv = config.conv_channels if config.architecture == "conv" else ()
     return Potential(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-                     config.conv_space_to_depth)
+                     config.conv_space_to_depth, config.identity_path)
 
 
 def make_flow_network(config: Config) -> Potential | VelocityField:
@@ -182,7 +209,7 @@ def make_flow_network(config: Config) -> Potential | VelocityField:
     if config.velocity_field == "direct":
         conv = config.conv_channels if config.architecture == "conv" else ()
         return VelocityField(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-                             config.conv_space_to_depth)
+                             config.conv_space_to_depth, config.identity_path)
     return make_potential(config)
 
 

@@ -182,10 +182,11 @@ def straightness_penalties(model: Model, u, critic_params, x0, flow, key) -> dic
     return penalty_values(model.penalties, inputs)
 
 
-def potential_loss(model: Model, potential_params, critic_params, x0, key=None):
-    """G = mean phi(x_K) + use_w2·lam·KE + Σ_w w·penalty_w through the unrolled Euler flow.
+def potential_loss(model: Model, potential_params, critic_params, x0, key=None, cfm_pairs=None):
+    """G = mean phi(x_K) + use_w2·lam·KE + Σ_w w·penalty_w (+ β·L_CFM) through the unrolled Euler flow.
 
-    Returns (G, (flow, KE, phi(x_K))); key: the chord times, needed only when chord_weight > 0.
+    Returns (G, (flow, KE, phi(x_K), L_CFM or None)); key: the chord times, needed only when chord_weight > 0;
+    cfm_pairs (y, t): x0's OT partners in the data and times in [0, T], needed only when cfm_weight > 0.
     """
     config = model.config
     u = scalar_potential(model.flow_network, potential_params)
@@ -198,7 +199,13 @@ def potential_loss(model: Model, potential_params, critic_params, x0, key=None):
     values = straightness_penalties(model, u, critic_params, x0, flow, key)
     for weight, penalty in model.penalties:
         loss = loss + weight * values[penalty.weight_key]
-    return loss, (flow, ke, phi_T)
+    cfm = None
+    if config.cfm_weight > 0:
+        y, t = cfm_pairs
+        cfm, _ = flow_matching.cfm_loss(velocity(model.flow_network, potential_params, config.lam), x0, y, t,
+                                        config.T)
+        loss = loss + config.cfm_weight * cfm
+    return loss, (flow, ke, phi_T, cfm)
 
 
 def flow_matching_iteration(model: Model, state: TrainState, data: jax.Array, shard=lambda x, axis: x):
@@ -309,8 +316,13 @@ def outer_iteration(model: Model, state: TrainState, data: jax.Array, mesh: Opti
     x0 = shard(sample_reference(config, k_ref_u, (config.batch_size,)), 0)
     pphi_frozen = jax.lax.stop_gradient(pphi)
     k_chord = jax.random.fold_in(k_ref_u, 1)  # a new stream: the paper's runs draw the same numbers as before
-    (g_loss, (flow, ke, phi_T)), grads_u = jax.value_and_grad(
-        partial(potential_loss, model), has_aux=True)(state.potential_params, pphi_frozen, x0, k_chord)
+    cfm_pairs = None
+    if config.cfm_weight > 0:  # x0 paired with the last data batch by exact OT, t ~ U[0, T] (a third stream)
+        y = shard(data[-1][flow_matching.ot_permutation(x0, data[-1])], 0)
+        t = jax.random.uniform(jax.random.fold_in(k_ref_u, 2), (config.batch_size,), x0.dtype, 0.0, config.T)
+        cfm_pairs = (y, t)
+    (g_loss, (flow, ke, phi_T, cfm)), grads_u = jax.value_and_grad(partial(potential_loss, model), has_aux=True)(
+        state.potential_params, pphi_frozen, x0, k_chord, cfm_pairs)
     updates, opt_u_state = model.potential_tx.update(grads_u, state.potential_opt_state, state.potential_params)
     pu = optax.apply_updates(state.potential_params, updates)
 
@@ -326,6 +338,8 @@ def outer_iteration(model: Model, state: TrainState, data: jax.Array, mesh: Opti
         "critic_loss": critic_losses[-1],
         "straight_line_bound": mfg.straight_line_bound(x0, flow.x_T, config.T),
     }
+    if cfm is not None:
+        metrics["cfm_loss"] = jax.lax.stop_gradient(cfm)
     if indicators:
         metrics.update(indicator_metrics(model, state.potential_params, pphi_frozen, flow, y))
     new_state = state.replace(step=state.step + 1, potential_params=pu, discriminator_params=pphi,
