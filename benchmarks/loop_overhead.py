@@ -31,12 +31,12 @@ import jax
 import numpy as np
 
 from w12_jax.config import Config
-from w12_jax.data import sample_batches
-from w12_jax.data import load_config_dataset
+from w12_jax.data import load_config_dataset, sample_batches
+from w12_jax.distributed import data_sharding, global_array, make_mesh
 from w12_jax.loop import finite_parts, train_and_evaluate
 from w12_jax.presets import get_preset
 from w12_jax.provenance import package_versions
-from w12_jax.train import build_model, data_sharding, global_array, init_train_state, make_mesh, make_train_step, \
+from w12_jax.train import build_model, init_train_state, make_train_step, \
     outer_iteration
 
 

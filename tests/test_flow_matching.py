@@ -138,7 +138,7 @@ def test_flow_matching_presets_and_config_errors():
     cfm = get_preset("mnist5k-cfm")
     assert (cfm.architecture, cfm.conv_channels, cfm.potential_hidden, cfm.batch_size) == (
         main.architecture, main.conv_channels, main.potential_hidden, main.batch_size)  # the same network
-    with pytest.raises(ConfigError, match="needs a flow-matching objective"):
-        override(main, {"velocity_field": "direct"})
+    with pytest.raises(ConfigError, match="hj_weight needs the potential U"):
+        override(main, {"velocity_field": "direct", "hj_weight": 1})
     with pytest.raises(ConfigError, match="choose one of mfg, icfm, otcfm"):
         override(main, {"objective": "rectified"})

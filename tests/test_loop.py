@@ -158,7 +158,7 @@ def test_train_steps_trains_each_iteration_on_its_drawn_grid(tmp_path):
     pure function of (seed, i), both grids occur, and the loop equals that sequence of steps exactly."""
     from w12_jax.data import sample_batches
     from w12_jax.data import load_config_dataset
-    from w12_jax.train import grid_of, on_grid
+    from w12_jax.phases import grid_of, on_grid
 
     cfg = dataclasses.replace(TINY, train_steps=(1, 2), iterations=10, checkpoint_every=10)
     grids = [grid_of(cfg, i) for i in range(400)]
@@ -184,7 +184,7 @@ def test_cfm_warmup_trains_u_by_otcfm_then_the_mfg_objective(tmp_path):
     critic at its initial parameters, and the rest the MFG step; the loop equals that sequence exactly."""
     from w12_jax.data import sample_batches
     from w12_jax.data import load_config_dataset
-    from w12_jax.train import WARMUP, phase_config, phase_of
+    from w12_jax.phases import WARMUP, phase_config, phase_of
 
     cfg = dataclasses.replace(TINY, cfm_warmup=3, iterations=5, checkpoint_every=5)
     assert [phase_of(cfg, i) for i in range(5)] == [WARMUP] * 3 + [cfg.num_steps] * 2

@@ -158,3 +158,40 @@ def test_cfm_weight_adds_beta_times_the_flow_matching_loss_of_the_same_network()
         assert float(direct) > 1e-3 and without[1][3] is None
         assert float(with_cfm[0] - without[0]) == pytest.approx(beta * float(direct), rel=1e-10)
         np.testing.assert_array_equal(np.sort(np.asarray(y), axis=0), np.sort(np.asarray(data), axis=0))
+
+
+def test_direct_field_flow_and_penalties_match_the_potential_they_stand_for():
+    """design.md §12: with v = −∇U/lam given as a direct field, the Euler flow, ∇U(x_K, T) and every penalty
+    but HJ (which needs ∂tU) are those of the potential U; its Jacobian is symmetric (asymmetry 0), while a
+    linear field v = Ax has asymmetry mean|uᵀ(A − Aᵀ)w| on the same probes."""
+    from w12_jax.flow import euler_velocity_flow, velocity
+    from w12_jax.penalties import PENALTIES, PenaltyInputs
+
+    with jax.enable_x64(True):
+        cfg = dataclasses.replace(SMALL, terminal_weight=1.0, velocity_weight=1.0, chord_weight=1.0)
+        x = jnp.zeros((1, 3), jnp.float64)
+        pu = make_potential(cfg).init(jax.random.PRNGKey(1), x, jnp.zeros((1,)))
+        pphi = make_discriminator(cfg).init(jax.random.PRNGKey(2), x)
+        x0 = jax.random.normal(jax.random.PRNGKey(4), (16, 3), jnp.float64)
+        u = scalar_potential(make_potential(cfg), pu)
+        v = velocity(make_potential(cfg), pu, cfg.lam)
+        by_u = euler_flow(u, x0, cfg.T, cfg.num_steps, cfg.lam)
+        by_v = euler_velocity_flow(v, x0, cfg.T, cfg.num_steps, cfg.lam)
+        np.testing.assert_allclose(by_v.x_T, by_u.x_T, rtol=1e-12)
+        np.testing.assert_allclose(by_v.grad_u, by_u.grad_u, rtol=1e-12)
+        model = build_model(cfg)
+        critic = lambda z: model.divergence.output(model.discriminator.apply(pphi, z[None]))[0]  # noqa: E731
+        key = jax.random.PRNGKey(7)
+        args = (x0, critic, key, cfg.T, cfg.dt, cfg.lam)
+        for name in ("terminal", "velocity", "chord"):
+            a = PENALTIES[name].value(PenaltyInputs(u, by_u, *args))
+            b = PENALTIES[name].value(PenaltyInputs(None, by_v, *args, v=v))
+            assert float(a) > 1e-6 and float(b) == pytest.approx(float(a), rel=1e-10), name
+        probe = jax.random.PRNGKey(8)
+        assert float(mfg.jacobian_asymmetry(v, x0, 0.3, probe)) < 1e-10
+        A = jax.random.normal(jax.random.PRNGKey(9), (3, 3), jnp.float64)
+        ku, kw = jax.random.split(probe)
+        pu_, pw_ = jax.random.normal(ku, x0.shape, x0.dtype), jax.random.normal(kw, x0.shape, x0.dtype)
+        expected = jnp.mean(jnp.abs(jnp.einsum("bi,ij,bj->b", pu_, A - A.T, pw_)))
+        linear = mfg.jacobian_asymmetry(lambda z, t: z @ A.T, x0, 0.3, probe)
+        assert float(expected) > 0.1 and float(linear) == pytest.approx(float(expected), rel=1e-10)

@@ -85,7 +85,7 @@ class Config:
     # training objective (design.md §11): "mfg", the paper's adversarial W1⊕W2 problem above, or conditional
     # flow matching of the same network, "icfm" (independent pairs) or "otcfm" (exact minibatch OT pairs)
     objective: str = "mfg"
-    velocity_field: str = "potential"  # v = −∇U/lam, or "direct": v(x, t) from the trunk with a d-dim head (CFM)
+    velocity_field: str = "potential"  # v = −∇U/lam, or "direct": v(x, t) from the trunk with a d-dim head
     # warm start of the MFG objective: its first cfm_warmup iterations train U alone by OT-CFM (exact minibatch
     # OT pairs, Adam(0.9, 0.999) at lr cfm_warmup_lr, the flow-matching presets' optimizer); 0 = off
     cfm_warmup: int = 0
@@ -181,9 +181,9 @@ def _validate(cfg: Config) -> None:
     _one_of("objective", cfg.objective, OBJECTIVES)
     _one_of("velocity_field", cfg.velocity_field, VELOCITY_FIELDS)
     _one_of("identity_path", cfg.identity_path, IDENTITY_PATHS)
-    if cfg.velocity_field == "direct" and cfg.objective == "mfg":
-        raise ConfigError("velocity_field='direct' needs a flow-matching objective (icfm or otcfm): the MFG "
-                          "objective's HJ residual and terminal condition are defined through the potential U")
+    if cfg.velocity_field == "direct" and cfg.objective == "mfg" and cfg.hj_weight:
+        raise ConfigError("hj_weight needs the potential U (velocity_field='potential'): the HJ residual "
+                          "∂tU − |∇U|²/(2 lam) has no counterpart for a direct velocity field")
     _one_of("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
               "iterations", "log_every", "steps_per_call", "checkpoint_every", "sample_every", "eval_samples",

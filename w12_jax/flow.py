@@ -85,3 +85,17 @@ def kinetic_energy(grad_u, h: float, lam: float):
     """KE = Σ_k h · mean_i ½ |∇U(x_k^i, t_k)/lam|², from grad_u of shape (K, B, *shape)."""
     sq = jnp.sum((grad_u / lam).reshape(grad_u.shape[0], grad_u.shape[1], -1) ** 2, axis=-1)
     return h * jnp.sum(jnp.mean(0.5 * sq, axis=1))
+
+
+def euler_velocity_flow(v, x0, T: float, num_steps: int, lam: float) -> EulerFlow:
+    """Forward Euler x_{k+1} = x_k + h v(x_k, t_k) for a direct velocity field v(x (B, *shape), t ()) -> (B, *shape)
+    (design.md §12), differentiable. Returned as an `EulerFlow` with grad_u = −lam·v(x_k, t_k), the ∇U a
+    gradient field would have, so that kinetic energy and penalties read it alike; dt_u = 0 (no potential)."""
+    h = T / num_steps
+
+    def step(x, k):
+        vk = v(x, k * h)
+        return x + h * vk, -lam * vk
+
+    x_T, grad_u = jax.lax.scan(step, x0, jnp.arange(num_steps, dtype=x0.dtype), unroll=unroll_for(num_steps))
+    return EulerFlow(x_T, grad_u, jnp.zeros(grad_u.shape[:2], x0.dtype), None)

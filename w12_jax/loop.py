@@ -31,9 +31,10 @@ from w12_jax import plots
 from w12_jax.checkpoint import Checkpointer, all_finite
 from w12_jax.config import Config
 from w12_jax.data import Dataset, batch_sampler, load_config_dataset
+from w12_jax.distributed import data_sharding, global_array, make_mesh
 from w12_jax.sample import write_samples_figure
-from w12_jax.train import (METRICS, WARMUP, TrainState, data_sharding, global_array, init_train_state,
-                           make_mesh, make_scanned_steps, make_train_step, phase_config, phase_of)
+from w12_jax.phases import WARMUP, phase_config, phase_of
+from w12_jax.train import METRICS, TrainState, init_train_state, make_scanned_steps, make_train_step
 from w12_jax.workdir import RunDir, check_run, open_session, read_run_dir, write_json
 
 LIVE_METRICS = (("divergence", "div"), ("cfm_loss", "cfm"), ("kinetic_energy", "KE"), ("hj_residual", "HJ"),
@@ -93,7 +94,7 @@ def is_checked(config: Config, it: int) -> bool:
 
 def plan_calls(config: Config, start: int) -> tuple[list[tuple[int, int]], list]:
     """(plan, phases): the compiled calls of a session from iteration `start`, in order, as (first iteration,
-    iterations in the call), and the phase (`train.phase_of`) of every iteration. A call of steps_per_call > 1
+    iterations in the call), and the phase (`phases.phase_of`) of every iteration. A call of steps_per_call > 1
     iterations (one lax.scan) holds no checked iteration and one phase."""
     phase_at = [phase_of(config, i) for i in range(config.iterations)]
     block = config.steps_per_call

@@ -79,3 +79,18 @@ def straight_line_bound(x0, x_T, T: float):
     """½ mean_i |x_T^i − x_0^i|² / T: the kinetic energy of straight constant-speed paths, a lower bound."""
     d = (x_T - x0).reshape(x0.shape[0], -1)
     return 0.5 * jnp.mean(jnp.sum(d**2, axis=-1)) / T
+
+
+def jacobian_asymmetry(v, x, t, key):
+    """E|uᵀJw − wᵀJu| of J = ∂v/∂x at a batch x (B, *shape), time t, for standard normal probes u, w (one JVP and
+    one VJP per sample): 0 iff J is symmetric, as it is for a gradient field v = −∇U/lam (design.md §12)."""
+    import jax
+
+    ku, kw = jax.random.split(key)
+    u = jax.random.normal(ku, x.shape, x.dtype)
+    w = jax.random.normal(kw, x.shape, x.dtype)
+    _, jw = jax.jvp(lambda y: v(y, t), (x,), (w,))
+    _, pullback = jax.vjp(lambda y: v(y, t), x)
+    (jtw,) = pullback(w)  # Jᵀw per sample (v acts on each sample alone): wᵀJu = uᵀ(Jᵀw)
+    b = x.shape[0]
+    return jnp.mean(jnp.abs(jnp.sum((u * (jw - jtw)).reshape(b, -1), -1)))

@@ -20,18 +20,27 @@ from w12_jax.flow import EulerFlow, ScalarPotential, potential_derivatives
 
 
 class PenaltyInputs:
-    """What a penalty reads: u(x, t) for one sample, the unrolled flow from x0 (B, *shape), the frozen
-    critic phi(x) for one sample, a PRNG key (the chord times) and T, h, lam."""
+    """What a penalty reads: u(x, t) for one sample (None for a direct velocity field v(x (B, *shape), t),
+    whose −lam·v stands in for ∇U), the unrolled flow from x0 (B, *shape), the frozen critic phi(x) for one
+    sample, a PRNG key (the chord times) and T, h, lam."""
 
-    def __init__(self, u: ScalarPotential, flow: EulerFlow, x0: jax.Array, critic: Callable, key, T: float,
-                 dt: float, lam: float):
-        self.u, self.flow, self.x0, self.critic, self.key = u, flow, x0, critic, key
+    def __init__(self, u: ScalarPotential | None, flow: EulerFlow, x0: jax.Array, critic: Callable, key, T: float,
+                 dt: float, lam: float, v: Callable | None = None):
+        self.u, self.v, self.flow, self.x0, self.critic, self.key = u, v, flow, x0, critic, key
         self.T, self.dt, self.lam = T, dt, lam
 
     @functools.cached_property
     def grad_u_T(self) -> jax.Array:
-        """∇U(x_K, T): (B, *shape)."""
+        """∇U(x_K, T) (or −lam·v(x_K, T)): (B, *shape)."""
+        if self.u is None:
+            return -self.lam * self.v(self.flow.x_T, self.T)
         return potential_derivatives(self.u, self.flow.x_T, self.T)[0]
+
+    def grad_u(self, z, t) -> jax.Array:
+        """∇U(z_i, t_i) (or −lam·v(z_i, t_i)) for z (B, *shape), t (B,)."""
+        if self.u is None:
+            return -self.lam * self.v(z, t)
+        return jax.vmap(jax.grad(self.u))(z, t)
 
 
 def hj(p: PenaltyInputs):
@@ -54,7 +63,7 @@ def chord(p: PenaltyInputs):
     shapes U between the grid points without pulling the samples (`mfg.chord_consistency`)."""
     x_T = jax.lax.stop_gradient(p.flow.x_T)
     t = jax.random.uniform(p.key, (p.x0.shape[0],), p.x0.dtype, 0.0, p.T)
-    grad_u_chord = jax.vmap(jax.grad(p.u))(mfg.chord_points(p.x0, x_T, t, p.T), t)
+    grad_u_chord = p.grad_u(mfg.chord_points(p.x0, x_T, t, p.T), t)
     return mfg.chord_consistency(grad_u_chord, p.x0, x_T, p.T, p.lam)
 
 

@@ -9,7 +9,6 @@ drawn at its global shape before sharding, so 1 and N devices see the same numbe
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -17,15 +16,15 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from w12_jax import flow_matching, mfg
 from w12_jax.config import Config, ConfigError
+from w12_jax.distributed import data_sharding, global_array, make_mesh
 from w12_jax.divergences import Divergence, get_divergence, gradient_norm, gradient_penalty
-from w12_jax.flow import (EulerFlow, euler_flow, kinetic_energy, potential_derivatives, scalar_potential, unroll_for,
-                          velocity)
+from w12_jax.flow import (EulerFlow, euler_flow, euler_velocity_flow, kinetic_energy, potential_derivatives,
+                          scalar_potential, unroll_for, velocity)
 from w12_jax.networks import make_discriminator, make_flow_network
 from w12_jax.penalties import PenaltyInputs, active_penalties, penalty_values
 from w12_jax.reference import sample_reference
@@ -55,40 +54,6 @@ def learning_rate(config: Config, lr: float, updates: int) -> optax.ScalarOrSche
     if config.lr_schedule == "cosine":
         return optax.cosine_decay_schedule(lr, updates)
     return lr
-
-
-def grid_of(config: Config, iteration: int) -> int:
-    """K, the Euler steps of the training flow at `iteration`: T/dt, or with train_steps one of them drawn
-    uniformly by np.random.default_rng([seed, iteration, 1]) (a pure function of (seed, iteration))."""
-    if not config.train_steps:
-        return config.num_steps
-    return int(config.train_steps[np.random.default_rng([config.seed, iteration, 1]).integers(
-        len(config.train_steps))])
-
-
-def on_grid(config: Config, num_steps: int) -> Config:
-    """config with the training flow on K = num_steps Euler steps (dt = T/K, train_steps cleared); dt stays
-    the config's own when it already gives K steps, so a run without train_steps trains on exactly its config."""
-    dt = config.dt if num_steps == config.num_steps else config.T / num_steps
-    return dataclasses.replace(config, dt=dt, train_steps=())
-
-
-WARMUP = "otcfm-warmup"  # the phase of the first cfm_warmup iterations
-
-
-def phase_of(config: Config, iteration: int) -> int | str:
-    """What trains `iteration`: WARMUP (OT-CFM, the first cfm_warmup iterations), else K = grid_of(...)."""
-    return WARMUP if iteration < config.cfm_warmup else grid_of(config, iteration)
-
-
-def phase_config(config: Config, phase: int | str) -> Config:
-    """The config whose `outer_iteration` trains `phase`: OT-CFM of U with Adam(0.9, 0.999) at cfm_warmup_lr
-    for WARMUP (same parameter and optimizer-state trees, so the MFG phase continues from it), else
-    on_grid(config, phase)."""
-    if phase == WARMUP:
-        return dataclasses.replace(config, objective="otcfm", lr_potential=config.cfm_warmup_lr, beta1=0.9,
-                                   beta2=0.999, train_steps=(), cfm_warmup=0)
-    return on_grid(config, phase)
 
 
 def make_optimizers(config: Config):
@@ -145,17 +110,6 @@ def ema_update(decay: float, step: jax.Array, ema, params):
     return jax.tree_util.tree_map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), ema, params)
 
 
-def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """1-D mesh with axis "data" over `devices` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.array(devices), ("data",))
-
-
-def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a (n_critic, B, *shape) data block: batch axis 1 split over "data"."""
-    return NamedSharding(mesh, P(None, "data"))
-
-
 def critic_values(model: Model, params, x):
     """phi(x) = output(network(x)) for a batch x (B, *shape) -> (B,)."""
     return model.divergence.output(model.discriminator.apply(params, x))
@@ -174,11 +128,29 @@ def critic_loss(model: Model, params, x_T, y, key):
     return mfg.critic_objective(dual, gp, config.gp_weight * float(config.use_w1)), (dual, gp)
 
 
-def straightness_penalties(model: Model, u, critic_params, x0, flow, key) -> dict:
-    """{weight key: unweighted value} of the model's active penalties (`penalties`) on `flow` from x0.
-    Gradients reach U's parameters directly and (except the chord penalty) through the particles x_k."""
+def is_direct(model: Model) -> bool:
+    """The flow network is a direct velocity field v(x, t), not a potential U."""
+    return model.config.velocity_field == "direct"
+
+
+def model_flow(model: Model, params, x0, num_steps: int) -> tuple[EulerFlow, Any, Any]:
+    """(the Euler flow from x0 on num_steps steps, u for one sample or None, v for a batch or None): the
+    potential's −∇U/lam (`euler_flow`) or a direct field's v (`euler_velocity_flow`)."""
     config = model.config
-    inputs = PenaltyInputs(u, flow, x0, critic_scalar(model, critic_params), key, config.T, config.dt, config.lam)
+    if is_direct(model):
+        v = velocity(model.flow_network, params, config.lam)
+        return euler_velocity_flow(v, x0, config.T, num_steps, config.lam), None, v
+    u = scalar_potential(model.flow_network, params)
+    return euler_flow(u, x0, config.T, num_steps, config.lam), u, None
+
+
+def straightness_penalties(model: Model, u, critic_params, x0, flow, key, v=None) -> dict:
+    """{weight key: unweighted value} of the model's active penalties (`penalties`) on `flow` from x0 (u: the
+    potential for one sample, or None and v: a direct field). Gradients reach the flow network's parameters
+    directly and (except the chord penalty) through the particles x_k."""
+    config = model.config
+    inputs = PenaltyInputs(u, flow, x0, critic_scalar(model, critic_params), key, config.T, config.dt, config.lam,
+                           v=v)
     return penalty_values(model.penalties, inputs)
 
 
@@ -189,14 +161,13 @@ def potential_loss(model: Model, potential_params, critic_params, x0, key=None, 
     cfm_pairs (y, t): x0's OT partners in the data and times in [0, T], needed only when cfm_weight > 0.
     """
     config = model.config
-    u = scalar_potential(model.flow_network, potential_params)
-    flow = euler_flow(u, x0, config.T, config.num_steps, config.lam)
+    flow, u, v = model_flow(model, potential_params, x0, config.num_steps)
     ke = kinetic_energy(flow.grad_u, config.dt, config.lam)
     phi_T = critic_values(model, critic_params, flow.x_T)
     loss = mfg.potential_objective(phi_T, ke, config.lam, float(config.use_w2))
     if key is None and any(p.needs_key for _, p in model.penalties):
         raise ValueError("chord_weight > 0 needs a PRNG key for the chord times")
-    values = straightness_penalties(model, u, critic_params, x0, flow, key)
+    values = straightness_penalties(model, u, critic_params, x0, flow, key, v)
     for weight, penalty in model.penalties:
         loss = loss + weight * values[penalty.weight_key]
     cfm = None
@@ -243,15 +214,15 @@ def critic_phase(model: Model, state: TrainState, data, k_ref_critic, k_gp, shar
     k_ref_critic, the penalty's interpolation from k_gp. Returns ((phi params, phi optimizer state),
     (critic losses, gradient penalties)) of the n_D updates."""
     config = model.config
-    n, B, K, T, lam = config.n_critic, config.batch_size, config.num_steps, config.T, config.lam
+    n, B, K = config.n_critic, config.batch_size, config.num_steps
     # U is frozen, so the n_D flows can be one flow of n_D·B particles (layout (B, n_D))
-    u_frozen = scalar_potential(model.flow_network, jax.lax.stop_gradient(state.potential_params))
+    frozen = jax.lax.stop_gradient(state.potential_params)
     x0_c = shard(sample_reference(config, k_ref_critic, (B, n)), 0)
     if batched_critic_flow:
-        xT_c = euler_flow(u_frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), T, K, lam).x_T
+        xT_c = model_flow(model, frozen, x0_c.reshape((B * n,) + x0_c.shape[2:]), K)[0].x_T
         xT_c = jnp.moveaxis(xT_c.reshape(x0_c.shape), 1, 0)
     else:
-        xT_c = jnp.stack([euler_flow(u_frozen, x0_c[:, i], T, K, lam).x_T for i in range(n)])
+        xT_c = jnp.stack([model_flow(model, frozen, x0_c[:, i], K)[0].x_T for i in range(n)])
     xT_c = shard(xT_c, 1)  # (n_D, B, *shape)
 
     def critic_update(carry, inputs):
@@ -264,18 +235,26 @@ def critic_phase(model: Model, state: TrainState, data, k_ref_critic, k_gp, shar
                         (jax.lax.stop_gradient(xT_c), data, jax.random.split(k_gp, n)), unroll=unroll_for(n))
 
 
-def indicator_metrics(model: Model, potential_params, critic_params, flow: EulerFlow, y) -> dict:
-    """INDICATOR_METRICS of the flow's particles and the data y (three more gradient passes)."""
+def indicator_metrics(model: Model, potential_params, critic_params, flow: EulerFlow, y, key) -> dict:
+    """INDICATOR_METRICS of the flow's particles and the data y (three more gradient passes); a direct field
+    adds jacobian_asymmetry at (x_K, T) (`mfg.jacobian_asymmetry`, probes from key)."""
     config = model.config
     phi = critic_scalar(model, critic_params)
-    grad_u_T, _ = potential_derivatives(scalar_potential(model.flow_network, potential_params), flow.x_T, config.T)
+    extra = {}
+    if is_direct(model):
+        v = velocity(model.flow_network, potential_params, config.lam)
+        grad_u_T = -config.lam * v(flow.x_T, config.T)
+        extra["jacobian_asymmetry"] = mfg.jacobian_asymmetry(v, flow.x_T, config.T, key)
+    else:
+        grad_u_T, _ = potential_derivatives(scalar_potential(model.flow_network, potential_params), flow.x_T,
+                                            config.T)
     grad_phi_T = jax.vmap(jax.grad(phi))(flow.x_T)
     grad_phi_gen = jnp.sqrt(jnp.sum(grad_phi_T.reshape(config.batch_size, -1) ** 2, axis=-1))
     grad_phi_data = gradient_norm(phi, y)
     return {"terminal_residual": mfg.terminal_residual(grad_u_T, grad_phi_T),
             "velocity_residual": mfg.velocity_consistency(flow.grad_u, grad_u_T, config.dt),
             "grad_phi_gen_mean": jnp.mean(grad_phi_gen), "grad_phi_gen_max": jnp.max(grad_phi_gen),
-            "grad_phi_data_mean": jnp.mean(grad_phi_data), "grad_phi_data_max": jnp.max(grad_phi_data)}
+            "grad_phi_data_mean": jnp.mean(grad_phi_data), "grad_phi_data_max": jnp.max(grad_phi_data), **extra}
 
 
 def outer_iteration(model: Model, state: TrainState, data: jax.Array, mesh: Optional[Mesh] = None,
@@ -332,29 +311,22 @@ def outer_iteration(model: Model, state: TrainState, data: jax.Array, mesh: Opti
     metrics = {
         "divergence": model.divergence.dual(phi_T, critic_values(model, pphi_frozen, y)),
         "kinetic_energy": ke,
-        "hj_residual": mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, config.lam),
         "gradient_penalty": gps[-1],
         "potential_loss": g_loss,
         "critic_loss": critic_losses[-1],
         "straight_line_bound": mfg.straight_line_bound(x0, flow.x_T, config.T),
     }
+    if not is_direct(model):  # a direct field has no ∂tU
+        metrics["hj_residual"] = mfg.hj_residual(flow.dt_u, flow.grad_u, config.dt, config.lam)
     if cfm is not None:
         metrics["cfm_loss"] = jax.lax.stop_gradient(cfm)
     if indicators:
-        metrics.update(indicator_metrics(model, state.potential_params, pphi_frozen, flow, y))
+        metrics.update(indicator_metrics(model, state.potential_params, pphi_frozen, flow, y,
+                                         jax.random.fold_in(k_ref_u, 3)))
     new_state = state.replace(step=state.step + 1, potential_params=pu, discriminator_params=pphi,
                               potential_ema=ema_update(config.ema_decay, state.step, state.potential_ema, pu),
                               potential_opt_state=opt_u_state, discriminator_opt_state=opt_phi_state)
     return new_state, metrics
-
-
-def global_array(value, sharding: NamedSharding) -> jax.Array:
-    """A jax.Array with `sharding` from a host value that every process holds in full (numpy or jax)."""
-    if isinstance(value, jax.Array) and value.sharding == sharding:
-        return value
-    host = np.asarray(value)
-    host = host.astype(jax.dtypes.canonicalize_dtype(host.dtype))  # float64 -> float32 unless x64 is on
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def make_scanned_steps(config: Config, num_steps: int, devices: Optional[Sequence[jax.Device]] = None,
