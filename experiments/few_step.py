@@ -91,9 +91,22 @@ DEFAULT_VARIANTS = ("main", "adopted", "w1")
 REFERENCE = (f"euler {FINE_STEPS} (fine)", {"solver": "euler", "num_steps": FINE_STEPS})
 
 
-def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> tuple[dict, dict]:
+QUICK_SAMPLERS = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 5)]
+QUICK_REFERENCE = ("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})
+
+
+def samplers_of(quick: bool) -> list:
+    """The samplers of the table: `few_step_samplers`, or with --quick Euler 1, 2, 5 and Dopri5."""
+    return QUICK_SAMPLERS + [QUICK_REFERENCE] if quick else few_step_samplers()
+
+
+def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality, quick: bool = False) -> tuple[dict, dict]:
     """`evaluation.measure_samplers` of `few_step_samplers` against the fine Euler solve (FINE_SAVE points of
-    its path), cached in workdir/few_step.json."""
+    its path), cached in workdir/few_step.json; quick (screens): Euler 1, 2, 5 against Dopri5, in
+    workdir/few_step_quick.json (four samplers to compile instead of eight)."""
+    if quick:
+        return measured(workdir, cfg, state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {}, "few_step_quick.json",
+                        FINE_SAVE)
     return measured(workdir, cfg, state, x0, quality, few_step_samplers(), REFERENCE, {"fine_steps": FINE_STEPS},
                     "few_step.json", FINE_SAVE)
 
@@ -153,14 +166,14 @@ def mnist(args) -> tuple[list, dict, dict]:
         params = state.potential_ema
         x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
 
-        flow, per_sampler = measure(workdir, cfg, state, x0, quality)
+        flow, per_sampler = measure(workdir, cfg, state, x0, quality, args.quick)
         results[variant] = {"description": variant_change(variant)[0], "iterations": cfg.iterations,
                             "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         for label, r in per_sampler.items():
             rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], *digit_cells(r), r["deviation"],
                          flow["ke_over_bound"], flow["straightness_ratio"], seconds])
-        grids[variant] = sampler_samples(cfg, params, x0[:8], few_step_samplers())
+        grids[variant] = sampler_samples(cfg, params, x0[:8], samplers_of(args.quick))
     return rows, results, grids
 
 
@@ -205,6 +218,7 @@ def main(argv=None):
     parser.add_argument("--iterations", nargs="+", default=[], metavar="[VARIANT=]N",
                         help="MNIST: train N iterations instead of the main job's, for every variant or for one")
     parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="screens: Euler 1, 2, 5 and Dopri5 only")
     parser.add_argument("--lowdim", action="store_true", help="also moons and pinwheel in 12-D")
     parser.add_argument("--out", default=os.path.join(RESULTS, "few_step"))
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -213,18 +227,19 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     rows, results, grids = mnist(args)
     stem = "" if None not in args.iterations else f"-{args.iterations[None]}"
-    labels = [label for label, _ in few_step_samplers()]
+    labels = [label for label, _ in samplers_of(args.quick)]
     digit_rows_figure(grids, labels,
                       os.path.join(args.out, f"digits{stem}.png"))
     header = ["variant", "sampler", "NFE", *DIGIT_HEADER, "deviation vs fine", "KE / bound", "straightness",
               "training s"]
     variants = "\n".join(f"- `{v}`: {variant_change(v)[0]}" for v in args.variants)
+    reference = ("Dopri5 (rtol = atol = 1e-4)" if args.quick
+                 else f"Euler with {FINE_STEPS} steps (h = 1/64 in the paper's units)")
     text = (f"# Few-step sampling: MNIST\n\n"
             f"Command: `{command_line('experiments.few_step', argv)}`\n\nMachine: {machine()}\n\n{variants}\n\n"
             f"{args.n} samples from the same x0 per sampler (PRNGKey(0), clipped to [0, 1] for the digit "
             f"classifier). Deviation: mean|x_T − x_T^fine| over the mean distance between independent samples, "
-            f"against Euler with {FINE_STEPS} steps (h = 1/64 in the paper's units); KE / bound and "
-            f"straightness on that fine path. Each figure with its 95 % sampling interval; precision and recall: "
+            f"against {reference}; KE / bound and straightness on that reference path. Each figure with its 95 % sampling interval; precision and recall: "
             f"k-NN manifolds (k = {image_metrics.PRECISION_RECALL_NEIGHBOURS}) in the classifier's features; min class: the "
             f"rarest digit's share; nearest train: mean distance to the nearest training digit.\n\n"
             f"{markdown_table(header, rows)}\n\n{args.floor_text}\n\n"
