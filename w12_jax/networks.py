@@ -133,9 +133,9 @@ class IdentityCoefficient(nn.Module):
         return nn.Dense(width, kernel_init=nn.initializers.zeros)(h)
 
 
-class Potential(nn.Module):
-    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP, plus ½ Σ_p a_p(t) x_p²
-    with an identity path (`identity_path` "scalar": one a(t); "pixel": a(t) per coordinate)."""
+class FlowNetwork(nn.Module):
+    """The fields the flow's two forms share: hidden widths and activation of the MLP, conv channels and
+    kernel (none: an MLP on the flattened input), the space-to-depth switch and the identity path."""
 
     hidden: Sequence[int]
     activation: str
@@ -143,6 +143,11 @@ class Potential(nn.Module):
     conv_kernel: int = 7
     space_to_depth: bool = True
     identity_path: str = "none"
+
+
+class Potential(FlowNetwork):
+    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP, plus ½ Σ_p a_p(t) x_p²
+    with an identity path (`identity_path` "scalar": one a(t); "pixel": a(t) per coordinate)."""
 
     @nn.compact
     def __call__(self, x, t):
@@ -154,17 +159,10 @@ class Potential(nn.Module):
         return u + 0.5 * jnp.sum(a * flat ** 2, axis=-1)
 
 
-class VelocityField(nn.Module):
+class VelocityField(FlowNetwork):
     """v(x, t): x (B, *data_shape), t (B,) -> (B, *data_shape). The potential's trunk (conv features ⊕ t →
     hidden layers) with a linear head of d = prod(data_shape) outputs: the direct parameterisation of
     flow matching (torchcfm), against which v = −∇U/lam separates the objective from the gradient form."""
-
-    hidden: Sequence[int]
-    activation: str
-    conv_channels: Sequence[int] = ()
-    conv_kernel: int = 7
-    space_to_depth: bool = True
-    identity_path: str = "none"
 
     @nn.compact
     def __call__(self, x, t):
