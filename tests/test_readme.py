@@ -59,3 +59,15 @@ def test_every_cited_design_section_exists():
     cited = {(p.name, n) for p in files for n in re.findall(r"design\.md §(\d+)", p.read_text())}
     assert len(cited) >= 20 and {n for _, n in cited} <= sections, sorted(c for c in cited if c[1] not in sections)
     assert not [p.name for p in files if re.search(r"DESIGN\.md|shared/", p.read_text())]
+
+
+def test_readme_and_design_map_name_every_module():
+    """The README's module list and design.md §15 name every module of the package (the rooms as they are)."""
+    modules = [p.stem for p in (ROOT / "w12_jax").glob("*.py") if p.stem not in ("__init__", "__main__")]
+    readme = (ROOT / "README.md").read_text()
+    listed = readme[readme.index("Modules ("):readme.index("`cli`.", readme.index("Modules (")) + 6]
+    design = (ROOT / "docs" / "design.md").read_text()
+    section = design[design.index("## 15."):]
+    assert len(modules) >= 25
+    assert [m for m in modules if f"`{m}`" not in listed] == []
+    assert [m for m in modules if f"`{m}`" not in section] == []
