@@ -111,3 +111,31 @@ def test_identity_path_adds_a_t_x_to_the_velocity(form, field):
     a = IdentityCoefficient(form, 4).apply({"params": shifted["params"]["IdentityCoefficient_0"]}, t)
     assert a.shape == ((5, 1) if form == "scalar" else (5, 4))
     np.testing.assert_allclose(gap(shifted), a * x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field", ["potential", "direct"])
+def test_endpoint_path_makes_one_euler_step_land_on_the_networks_prediction(field):
+    """design.md §13, identity_path="endpoint": v(x, t) = (D(x, t) − x)/(T − t), so x0 + T·v(x0, 0) = D(x0, 0)
+    whatever x0 is: for the direct field D is the head's output, for the potential D = −T∇N(x0, 0)/lam."""
+    import dataclasses
+
+    from w12_jax.config import Config
+    from w12_jax.flow import velocity
+    from w12_jax.networks import make_flow_network
+
+    cfg = dataclasses.replace(Config(), data_shape=(4,), architecture="mlp", potential_hidden=(8,),
+                              velocity_field=field, objective="mfg" if field == "potential" else "otcfm")
+    with_path = dataclasses.replace(cfg, identity_path="endpoint")
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
+    params = make_flow_network(with_path).init(jax.random.PRNGKey(1), x0, jnp.zeros((5,)))
+    one_step = x0 + cfg.T * velocity(make_flow_network(with_path), params, cfg.lam)(x0, 0.0)
+    bare = velocity(make_flow_network(cfg), params, cfg.lam)(x0, 0.0)  # the same N without the path
+    prediction = bare if field == "direct" else cfg.T * bare  # head output, or −T∇N/lam
+    np.testing.assert_allclose(one_step, prediction, rtol=1e-5, atol=1e-5)
+    # the path's pull towards D at time t is 1/(T − t), bounded at T/16 from the end
+    t = jnp.array([0.0, 2.5, 4.9, 5.0, 1.0])
+    n = velocity(make_flow_network(cfg), params, cfg.lam)(x0, t)  # N's velocity alone
+    gap = velocity(make_flow_network(with_path), params, cfg.lam)(x0, t) - n
+    tau = jnp.maximum(cfg.T - t, cfg.T / 16)[:, None]
+    expected = n * (1 / tau - 1) - x0 / tau if field == "direct" else -x0 / tau  # (N − x)/τ − N, or −x/τ
+    np.testing.assert_allclose(gap, expected, rtol=1e-5, atol=1e-5)

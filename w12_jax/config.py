@@ -24,7 +24,7 @@ LR_SCHEDULES = ("constant", "cosine")
 MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sample.sample`
 OBJECTIVES = ("mfg", "icfm", "otcfm")
 VELOCITY_FIELDS = ("potential", "direct")
-IDENTITY_PATHS = ("none", "scalar", "pixel")
+IDENTITY_PATHS = ("none", "scalar", "pixel", "endpoint")
 PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # design.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 # the fields a resumed run may change: its schedule and logging (the "loop" group below), not the problem or
@@ -115,7 +115,9 @@ class Config:
     potential_activation: str = "relu"
     discriminator_hidden: tuple[int, ...] = (256, 256, 256)
     discriminator_activation: str = "relu"
-    identity_path: str = "none"  # U + ½ a(t)|x|² ("scalar") or ½ Σ a_p(t) x_p² ("pixel"); direct: v + a(t)x
+    # identity path (design.md §13): U + ½ a(t)|x|² ("scalar"), ½ Σ a_p(t) x_p² ("pixel"), lam|x|²/(2(T − t))
+    # ("endpoint"); a direct field v + a(t)x, or v = (D(x, t) − x)/(T − t) ("endpoint")
+    identity_path: str = "none"
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)

@@ -143,11 +143,20 @@ class FlowNetwork(nn.Module):
     conv_kernel: int = 7
     space_to_depth: bool = True
     identity_path: str = "none"
+    T: float = 1.0  # horizon and kinetic weight: used by identity_path="endpoint" only
+    lam: float = 1.0
+
+
+def time_to_go(t, T: float):
+    """τ(t) = max(T − t, T/16): the time left to T, bounded away from 0 for solvers that evaluate at t = T."""
+    return jnp.maximum(T - jnp.reshape(t, (-1, 1)), T / 16)
 
 
 class Potential(FlowNetwork):
-    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP, plus ½ Σ_p a_p(t) x_p²
-    with an identity path (`identity_path` "scalar": one a(t); "pixel": a(t) per coordinate)."""
+    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP N, plus with an identity
+    path ½ Σ_p a_p(t) x_p² ("scalar": one learned a(t); "pixel": a(t) per coordinate) or lam|x|²/(2τ(t))
+    ("endpoint": v = −∇N/lam − x/τ, the straight line's −x/(T − t) built in, so that one Euler step from
+    t = 0 lands on −T∇N(x0, 0)/lam with no trace of x0 outside N)."""
 
     @nn.compact
     def __call__(self, x, t):
@@ -155,6 +164,8 @@ class Potential(FlowNetwork):
         if self.identity_path == "none":
             return u
         flat = x.reshape(x.shape[0], -1)
+        if self.identity_path == "endpoint":
+            return u + 0.5 * self.lam * jnp.sum(flat ** 2, axis=-1) / time_to_go(t, self.T)[:, 0]
         a = IdentityCoefficient(self.identity_path, flat.shape[1])(t)
         return u + 0.5 * jnp.sum(a * flat ** 2, axis=-1)
 
@@ -172,7 +183,9 @@ class VelocityField(FlowNetwork):
             h = act(nn.Dense(width)(h))
         flat = x.reshape(x.shape[0], -1)
         v = nn.Dense(flat.shape[1])(h)
-        if self.identity_path != "none":  # the skip v = N(x, t) + a(t) x (design.md §13)
+        if self.identity_path == "endpoint":  # v = (D(x, t) − x)/τ(t): D, the path's predicted end (design.md §13)
+            v = (v - flat) / time_to_go(t, self.T)
+        elif self.identity_path != "none":  # the skip v = N(x, t) + a(t) x (design.md §13)
             v = v + IdentityCoefficient(self.identity_path, flat.shape[1])(t) * flat
         return v.reshape(x.shape)
 
@@ -199,7 +212,7 @@ def make_potential(config: Config) -> Potential:
     """The potential network described by `config`."""
     conv = config.conv_channels if config.architecture == "conv" else ()
     return Potential(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-                     config.conv_space_to_depth, config.identity_path)
+                     config.conv_space_to_depth, config.identity_path, config.T, config.lam)
 
 
 def make_flow_network(config: Config) -> Potential | VelocityField:
@@ -207,7 +220,7 @@ def make_flow_network(config: Config) -> Potential | VelocityField:
     if config.velocity_field == "direct":
         conv = config.conv_channels if config.architecture == "conv" else ()
         return VelocityField(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-                             config.conv_space_to_depth, config.identity_path)
+                             config.conv_space_to_depth, config.identity_path, config.T, config.lam)
     return make_potential(config)
 
 
