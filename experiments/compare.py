@@ -35,9 +35,8 @@ from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config
 from w12_jax.data import load_config_dataset
 from w12_jax.evaluation import quality_floor, sampler_samples, vector_quality
-from w12_jax.networks import make_flow_network
 from w12_jax.presets import MAIN_PLAIN, get_preset
-from w12_jax.sample import generate, sample
+from w12_jax.sample import generate
 
 MAIN_JOB = get_preset("mnist5k")
 YARDSTICK = dataclasses.replace(get_preset("mnist5k-otcfm"), velocity_field="direct")
@@ -248,9 +247,8 @@ def lowdim(args) -> dict:
                 x0, _ = generate(cfg, state.potential_ema, 2000, num_steps=1)
                 out = {"dataset": dataset, "dim": dim, "method": label, "status": status,
                        "iterations": cfg.iterations, "training_seconds": training_seconds(workdir)}
-                for nfe in (1, 5):
-                    x_T = np.asarray(sample(make_flow_network(cfg), state.potential_ema, x0, T=cfg.T, lam=cfg.lam,
-                                            num_steps=nfe).x_T)
+                steps = [(nfe, {"solver": "euler", "num_steps": nfe}) for nfe in (1, 5)]
+                for nfe, x_T in zip((1, 5), sampler_samples(cfg, state.potential_ema, x0, steps)):
                     q = vector_quality(x_T, held, embedded=dim > 2, sinkhorn=False)
                     for k in ("energy_distance", "off_manifold_mass"):
                         out[f"{k}_{nfe}"], out[f"{k}_{nfe}_interval"] = q.get(k), q.get(f"{k}_interval")

@@ -19,14 +19,13 @@ import numpy as np
 
 from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_floor_text, \
     digit_rows_figure, machine, markdown_table, write_results
-from w12_jax import image_metrics, path_metrics
-from w12_jax.classifier import load_or_train_classifier
+from w12_jax import image_metrics
 from w12_jax.checkpoint import Checkpointer
+from w12_jax.classifier import load_or_train_classifier
 from w12_jax.data import load_config_dataset
-from w12_jax.sample import generate
-from w12_jax.networks import make_flow_network
+from w12_jax.evaluation import measure_samplers, sampler_samples
 from w12_jax.presets import CASE_NAMES
-from w12_jax.sample import sample
+from w12_jax.sample import generate
 
 CASES = ("w1w2", "w1")
 
@@ -58,18 +57,17 @@ def main(argv=None):
             state, config = ckpt.restore()
         ds = load_config_dataset(config)
         x0, _ = generate(config, state.potential_ema, args.n, num_steps=1)  # the same x0 for every solver
-        potential = make_flow_network(config)
-        samples = {}
-        for label, kwargs in solvers(config.T):
-            res = sample(potential, state.potential_ema, x0, T=config.T, lam=config.lam, **kwargs)
-            samples[label] = (np.asarray(res.x_T), int(res.nfe))
-        ref = samples["euler h=1/64"][0]
-        for label, (x_T, nfe) in samples.items():
-            q = image_metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
-            dev = float(path_metrics.discretization_deviation(x_T.reshape(len(x_T), -1), ref.reshape(len(ref), -1)))
-            results.setdefault(case, {})[label] = {"nfe": nfe, "deviation": dev, **q}
-            rows.append([CASE_NAMES[case], label, nfe, dev, *digit_cells(q), q["confidence"]])
-        grids[case] = {label: samples[label][0][:8] for label, _ in solvers(config.T)}
+
+        def quality(x_T):
+            return image_metrics.image_quality(np.clip(x_T, 0, 1), classifier, accuracy, ds.heldout, ds.train)
+
+        reference = next(s for s in solvers(config.T) if s[0] == "euler h=1/64")
+        measured = measure_samplers(config, state.potential_ema, x0, solvers(config.T), reference, quality)
+        for label, r in measured["samplers"].items():
+            results.setdefault(case, {})[label] = r
+            rows.append([CASE_NAMES[case], label, r["nfe"], r["deviation"], *digit_cells(r), r["confidence"]])
+        grids[case] = dict(zip([label for label, _ in solvers(config.T)],
+                               sampler_samples(config, state.potential_ema, x0[:8], solvers(config.T))))
 
     labels = [label for label, _ in solvers(5.0)]
     digit_rows_figure({CASE_NAMES[c]: [grids[c][label] for label in labels] for c in CASES}, labels,
