@@ -39,20 +39,18 @@ from w12_jax.presets import MAIN_PLAIN, get_preset
 from w12_jax.sample import generate
 
 MAIN_JOB = get_preset("mnist5k")
-# the CPU budget of every method: the main job of 2026-11-27 to 2026-12-02 (velocity_weight 50, 2180 iterations)
-# at its side-by-side rate; the main job itself trains its preset's iterations, chosen to fit that budget
-BUDGET_METHOD = "main-2026-11"
-BUDGET_JOB = dataclasses.replace(MAIN_PLAIN, velocity_weight=50.0, iterations=2180)
 YARDSTICK = dataclasses.replace(get_preset("mnist5k-otcfm"), velocity_field="direct")
 # method -> (label, config); every method but the main job is trained to the main job's CPU time
 MNIST_METHODS = {
     "main": ("W1⊕W2, the main job (preset mnist5k)", MAIN_JOB),
-    BUDGET_METHOD: ("W1⊕W2, the main job until 2026-12-02 (the CPU budget)", BUDGET_JOB),
     "otcfm-direct": ("OT-CFM, direct velocity field (the yardstick)", YARDSTICK),
     "w1w2-plain": ("W1⊕W2 without the velocity penalty (the main job until 2026-11-27)", MAIN_PLAIN),
     "icfm": ("I-CFM, potential", get_preset("mnist5k-cfm")),
     "otcfm": ("OT-CFM, potential", get_preset("mnist5k-otcfm")),
+    "w1w2-cfm600": ("W1⊕W2 + OT-CFM kept (cfm_weight 1), 600 iterations", dataclasses.replace(
+        MAIN_JOB, cfm_weight=1.0, iterations=600)),
 }
+FIXED_ITERATIONS = ("main", "w1w2-cfm600")  # trained for their own iterations (at most the budget), not to it
 DEFAULT_METHODS = ("main", "otcfm-direct")
 DEFAULT_SEEDS = (0, 1, 2)
 LOWDIM_METHODS = {"w1w2": "W1⊕W2", "cfm": "I-CFM", "otcfm": "OT-CFM"}  # preset suffixes
@@ -60,22 +58,19 @@ MNIST_RUNS = os.path.join(RUNS, "compare", "mnist")
 
 
 def rates(methods) -> dict[str, float]:
-    """Seconds per iteration of the budget's job and `methods`, measured side by side in one process the first
+    """Seconds per iteration of the main job and `methods`, measured side by side in one process the first
     time and kept in MNIST_RUNS/seconds_per_iteration.json (they fix the equal-time iterations of the runs);
-    a method added later is timed beside the budget's job and scaled to its stored rate. A file written when
-    the budget's job was called "main" has that rate renamed (the job it timed)."""
+    a method added later is timed beside the main job and scaled to its stored rate."""
     os.makedirs(MNIST_RUNS, exist_ok=True)
     path = os.path.join(MNIST_RUNS, "seconds_per_iteration.json")
     per_it = {}
     if os.path.exists(path):
         with open(path) as f:
             per_it = json.load(f)
-        if "main" in per_it and BUDGET_METHOD not in per_it:
-            per_it[BUDGET_METHOD] = per_it.pop("main")
-    missing = [m for m in dict.fromkeys([BUDGET_METHOD, *methods]) if m not in per_it]
+    missing = [m for m in dict.fromkeys(["main", *methods]) if m not in per_it]
     if missing and per_it:
-        ratio = side_by_side_seconds({m: MNIST_METHODS[m][1] for m in [BUDGET_METHOD] + missing})
-        per_it.update({m: per_it[BUDGET_METHOD] * ratio[m] / ratio[BUDGET_METHOD] for m in missing})
+        ratio = side_by_side_seconds({m: MNIST_METHODS[m][1] for m in ["main"] + missing})
+        per_it.update({m: per_it["main"] * ratio[m] / ratio["main"] for m in missing})
     elif missing:
         per_it = side_by_side_seconds({m: MNIST_METHODS[m][1] for m in missing})
     with open(path, "w") as f:
@@ -83,17 +78,12 @@ def rates(methods) -> dict[str, float]:
     return per_it
 
 
-def budget_seconds(per_it: dict[str, float]) -> float:
-    """The CPU seconds every method trains for: BUDGET_JOB's iterations at its side-by-side rate."""
-    return BUDGET_JOB.iterations * per_it[BUDGET_METHOD]
-
-
 def run_config(method: str, seed: int, per_it: dict[str, float]) -> tuple[Config, str]:
-    """(config, workdir) of `method` trained from training seed `seed`: the main job and the budget's job as
-    they are, any other method for the iterations that take the budget's CPU time at the side-by-side rates."""
+    """(config, workdir) of `method` trained from training seed `seed`: the main job (and FIXED_ITERATIONS) as
+    it is, any other method for the iterations that take the main job's CPU time at the side-by-side rates."""
     base = MNIST_METHODS[method][1]
-    iterations = (base.iterations if method in ("main", BUDGET_METHOD)
-                  else int(round(budget_seconds(per_it) / per_it[method], -2)))
+    iterations = (base.iterations if method in FIXED_ITERATIONS
+                  else int(round(MAIN_JOB.iterations * per_it["main"] / per_it[method], -2)))
     cfg = dataclasses.replace(base, seed=seed, iterations=iterations,
                               checkpoint_every=min(iterations, base.checkpoint_every),
                               sample_every=min(iterations, base.sample_every))
@@ -154,7 +144,7 @@ def mnist(args) -> tuple[dict, dict]:
             if seed == args.seeds[0]:
                 grids[f"{label}, seed {seed}"] = sampler_samples(cfg, params, x0[:8], mnist_samplers(cfg.T))
     floor = quality_floor(MAIN_JOB, dataset, args.n)
-    return {"seconds_per_iteration": per_it, "budget_seconds": budget_seconds(per_it),
+    return {"seconds_per_iteration": per_it, "budget_seconds": MAIN_JOB.iterations * per_it["main"],
             "n": args.n, "heldout": len(dataset.heldout[:args.n]), "floor": floor, "runs": runs, "summary": summarize(runs)}, grids
 
 
@@ -213,9 +203,8 @@ def mnist_text(results: dict, seeds: list) -> str:
     per_it = results["seconds_per_iteration"]
     n = results["n"]
     return (
-        f"## MNIST (mnist5k)\n\nTraining seeds {', '.join(map(str, seeds))} of each method; the CPU budget is the "
-        f"main job of 2026-11-27 to 2026-12-02 ({BUDGET_JOB.iterations} iterations); the main job trains its "
-        f"{MAIN_JOB.iterations}, every other method the iterations that take the budget at the "
+        f"## MNIST (mnist5k)\n\nTraining seeds {', '.join(map(str, seeds))} of each method; the main job trains "
+        f"{MAIN_JOB.iterations} iterations, every other method the iterations that take the same CPU time at the "
         f"rates measured side by side in one process ("
         + ", ".join(f"{m} {s:.4f} s" for m, s in per_it.items())
         + f" per iteration; budget {results['budget_seconds']:.0f} s). Every flow is scored on {n} samples from "
@@ -296,7 +285,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if "main" not in args.methods:
-        args.methods.insert(0, "main")
+        args.methods.insert(0, "main")  # the time budget is the main job's
     os.makedirs(args.out, exist_ok=True)
     results_path = os.path.join(args.out, "results.json")
     results = {}

@@ -96,6 +96,6 @@ def test_config_docstring_names_the_runs_its_defaults_are():
     listed = doc[doc.index("`presets.MAIN`:"):]
     assert changed and all(name in listed for name in changed)
     assert changed == {"batch_size", "n_critic", "lr_potential", "lr_discriminator", "gp_weight",
-                       "velocity_weight", "cfm_weight", "iterations", "checkpoint_every", "sample_every"}
+                       "velocity_weight", "iterations", "checkpoint_every", "sample_every"}
     starred = {line.split(":")[0].strip() for line in inspect.getsource(Config).splitlines() if "# ★" in line}
     assert starred == set(START_HERE) and len(START_HERE) == 10

@@ -51,8 +51,8 @@ class Config:
 
     Config() is the paper's MNIST W1⊕W2 run (design.md §6; preset `mnist-w1w2`, 5000 iterations of B = 200,
     n_D = 5). `w12 train` with no preset runs the main job, `presets.MAIN`: Config() with batch_size 100,
-    n_critic 2, lr_potential and lr_discriminator 1e-3, gp_weight 5, velocity_weight 50, cfm_weight 1,
-    iterations 1940, checkpoint_every and sample_every 600.
+    n_critic 2, lr_potential and lr_discriminator 1e-3, gp_weight 5, velocity_weight 50, iterations 2180,
+    checkpoint_every and sample_every 600.
     """
 
     # data and reference distribution rho_0
