@@ -14,6 +14,7 @@ from w12_jax.config import Config
 from w12_jax.evaluation import measure_samplers
 from w12_jax.loop import TrainingDiverged, train_and_evaluate
 from w12_jax.presets import get_preset
+from w12_jax.workdir import previous_sessions
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 RUNS = os.environ.get("W12_EXPERIMENT_RUNS", os.path.join("runs", "experiments"))
@@ -106,6 +107,11 @@ def measured(workdir: str, cfg: Config, state, x0, quality, samplers: list, refe
                     lambda: measure_samplers(cfg, state.potential_ema, x0, samplers, reference, quality,
                                              path_points), filename)
     return report["flow"], report["samplers"]
+
+
+def training_seconds(workdir: str) -> float:
+    """The training seconds of every session of the run in `workdir` (its run_info.json)."""
+    return sum(s.get("train_seconds", 0.0) for s in previous_sessions(os.path.join(workdir, "run_info.json")))
 
 
 def cached(workdir: str, key: dict, compute: Callable[[], dict], filename: str = "few_step.json") -> dict:

@@ -29,12 +29,12 @@ import numpy as np
 from benchmarks.train_step import side_by_side_seconds
 from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_quality, \
     digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, train_or_diverge, \
-    write_results
+    training_seconds, write_results
 from w12_jax import image_metrics, intervals
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config
 from w12_jax.data import load_config_dataset
-from w12_jax.evaluation import quality_floor, sampler_samples, vector_quality
+from w12_jax.evaluation import DOPRI5, quality_floor, sampler_samples, vector_quality
 from w12_jax.presets import MAIN_PLAIN, get_preset
 from w12_jax.sample import generate
 
@@ -91,7 +91,7 @@ def run_config(method: str, seed: int, per_it: dict[str, float]) -> tuple[Config
 
 
 EULER_NFE = (1, 2, 5, 20)
-REFERENCE = ("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})  # the fine solve
+REFERENCE = DOPRI5  # the fine solve
 PATH_POINTS = 65  # times of the reference path kept for the kinetic energy and straightness
 
 
@@ -106,11 +106,6 @@ def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> dict:
     flow, samplers = measured(workdir, cfg, state, x0, quality, mnist_samplers(cfg.T), REFERENCE,
                               {"reference": REFERENCE[0], "protocol": PROTOCOL}, "compare.json", PATH_POINTS)
     return {"flow": flow, "samplers": samplers}
-
-
-def training_seconds(workdir: str) -> float:
-    with open(os.path.join(workdir, "run_info.json")) as f:
-        return sum(s.get("train_seconds", 0.0) for s in json.load(f).get("sessions", []))
 
 
 PROTOCOL = 2  # the evaluation protocol of the cached measurements: fixed split, intervals, precision/recall

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Callable
@@ -26,12 +25,12 @@ import numpy as np
 
 from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_floor_text, \
     digit_quality, digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, \
-    train_or_diverge, write_results
+    train_or_diverge, training_seconds, write_results
 from w12_jax import image_metrics
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config, override, parse_assignment, with_case
 from w12_jax.data import load_config_dataset
-from w12_jax.evaluation import few_step_samplers, floor_samples, sampler_samples, vector_quality
+from w12_jax.evaluation import DOPRI5, few_step_samplers, floor_samples, sampler_samples, vector_quality
 from w12_jax.presets import MAIN, MAIN_PLAIN
 from w12_jax.sample import generate
 
@@ -92,7 +91,7 @@ REFERENCE = (f"euler {FINE_STEPS} (fine)", {"solver": "euler", "num_steps": FINE
 
 
 QUICK_SAMPLERS = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 5)]
-QUICK_REFERENCE = ("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})
+QUICK_REFERENCE = DOPRI5
 
 
 def samplers_of(quick: bool) -> list:
@@ -133,9 +132,7 @@ def train_variant(base: Config, variant: str, iterations: int | None, group: str
     cfg = variant_change(variant)[1](base)
     workdir = os.path.join(RUNS, "few_step", group, variant + (f"-{iterations}" if iterations else ""))
     state, status = train_or_diverge(cfg, workdir)
-    with open(os.path.join(workdir, "run_info.json")) as f:
-        seconds = sum(s.get("train_seconds", 0.0) for s in json.load(f).get("sessions", []))
-    return cfg, state, status, seconds, workdir
+    return cfg, state, status, training_seconds(workdir), workdir
 
 
 def parse_iterations(items: list[str]) -> dict:

@@ -164,11 +164,14 @@ def vector_quality(x, held, *, embedded: bool, seed: int = 0, num_resamples: int
 Sampler = tuple  # (label, keyword arguments of `sample.sample`: solver, num_steps, rtol, atol, ...)
 
 
+DOPRI5 = ("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})  # the adaptive solve of the tables
+
+
 def few_step_samplers() -> list[Sampler]:
     """Euler at 1, 2, 3, 5 steps, Heun at 2 and 4 NFE, Dopri5 rtol = atol = 1e-4."""
     out = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 3, 5)]
     out += [(f"heun {2 * k}", {"solver": "heun", "num_steps": k}) for k in (1, 2)]
-    return out + [("dopri5 1e-4", {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4})]
+    return out + [DOPRI5]
 
 
 def measure_samplers(config: Config, params, x0, samplers: list[Sampler], reference: Sampler, quality,

@@ -31,7 +31,7 @@ from w12_jax import plots
 from w12_jax.checkpoint import Checkpointer, all_finite
 from w12_jax.config import Config
 from w12_jax.data import Dataset, batch_sampler, load_config_dataset
-from w12_jax.distributed import data_sharding, global_array, make_mesh
+from w12_jax.distributed import data_sharding, global_array, is_main_process, make_mesh
 from w12_jax.sample import write_samples_figure
 from w12_jax.phases import WARMUP, phase_config, phase_of
 from w12_jax.train import METRICS, TrainState, init_train_state, make_scanned_steps, make_train_step
@@ -298,7 +298,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | RunDir, *, r
     Raises TrainingDiverged when a metric or parameter becomes NaN/Inf (the last good checkpoint stays),
     TrainingInterrupted after saving a checkpoint on Ctrl-C. Returns the final TrainState.
     """
-    is_main = jax.process_index() == 0
+    is_main = is_main_process()
 
     def say(msg):
         if progress and is_main:
@@ -333,13 +333,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | RunDir, *, r
         n = len(set(map(id, compiled.values())))
         say(f"compiled {n} training step{'s' if n > 1 else ''} in {session_info['compile_seconds']:.1f} s on "
             f"{len(mesh.devices.flat)} {jax.default_backend()} device(s)")
-    info_path = os.path.join(run.path, "run_info.json")
     if is_main:
-        write_json(info_path, info)
+        write_json(run.run_info_file, info)
 
     bar = progress_bar(config, start, progress and is_main)
-    metrics_path = os.path.join(run.path, "metrics.jsonl")
-    session = Session(config, run, ckpt, ds.heldout, open(metrics_path, "a") if is_main else None, bar, say,
+    session = Session(config, run, ckpt, ds.heldout, open(run.metrics_file, "a") if is_main else None, bar, say,
                       progress and is_main and bar.disable, is_main)  # plain log: no terminal, a line per save
     guard = DivergenceGuard(start)
     t_train = time.perf_counter()
@@ -349,27 +347,27 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | RunDir, *, r
         ckpt.save(state, config)
         ckpt.wait()
     finally:
-        close_session(session, metrics_path)
+        close_session(session)
 
     done = config.iterations - start
     if is_main:
         session_info.update(end_iteration=int(state.step), train_seconds=seconds, compiled_calls=len(plan),
                             iterations_per_second=done / seconds if seconds > 0 and done else None)
-        write_json(info_path, info)
+        write_json(run.run_info_file, info)
         shutil.copyfile(draw_samples(session, state, int(state.step)), os.path.join(run.path, "samples.png"))
     say(f"trained {done} iterations in {seconds:.1f} s ({done / max(seconds, 1e-9):.2f} it/s); "
         f"final {format_metrics(guard.last_good, dict(LIVE_METRICS))}; wrote {run.path}")
     return state
 
 
-def close_session(session: Session, metrics_path: str) -> None:
+def close_session(session: Session) -> None:
     """Close the bar, the metrics log and the checkpointer; draw curves.png from the metrics so far."""
     session.bar.close()
     if session.log_file is not None:
         session.log_file.close()
     session.ckpt.close()
-    if session.is_main and os.path.exists(metrics_path):
-        records = plots.read_jsonl(metrics_path)
+    if session.is_main and os.path.exists(session.run.metrics_file):
+        records = plots.read_jsonl(session.run.metrics_file)
         if records:
             plots.training_curves(records, os.path.join(session.run.path, "curves.png"),
                                   title=f"{session.config.dataset}, {session.config.method}")

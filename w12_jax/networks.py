@@ -208,20 +208,21 @@ class Discriminator(nn.Module):
         return ScalarMLP(self.hidden, self.activation)(h)
 
 
+def flow_network_of(cls: type[FlowNetwork], config: Config) -> FlowNetwork:
+    """`cls` (Potential or VelocityField) with the fields `config` gives the flow network."""
+    conv = config.conv_channels if config.architecture == "conv" else ()
+    return cls(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
+               config.conv_space_to_depth, config.identity_path, config.T, config.lam)
+
+
 def make_potential(config: Config) -> Potential:
     """The potential network described by `config`."""
-    conv = config.conv_channels if config.architecture == "conv" else ()
-    return Potential(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-                     config.conv_space_to_depth, config.identity_path, config.T, config.lam)
+    return flow_network_of(Potential, config)
 
 
 def make_flow_network(config: Config) -> Potential | VelocityField:
     """The network that defines the flow: U(x, t) (v = −∇U/lam), or v(x, t) when velocity_field='direct'."""
-    if config.velocity_field == "direct":
-        conv = config.conv_channels if config.architecture == "conv" else ()
-        return VelocityField(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-                             config.conv_space_to_depth, config.identity_path, config.T, config.lam)
-    return make_potential(config)
+    return flow_network_of(VelocityField if config.velocity_field == "direct" else Potential, config)
 
 
 def make_discriminator(config: Config) -> Discriminator:

@@ -19,6 +19,13 @@ from w12_jax.config import PENALTY_WEIGHTS
 from w12_jax.flow import EulerFlow, ScalarPotential, potential_derivatives
 
 
+def terminal_gradient(u: ScalarPotential | None, v: Callable | None, x_T, T: float, lam: float) -> jax.Array:
+    """∇U(x_K, T) of a potential u for one sample, or −lam·v(x_K, T) of a direct field v for a batch: (B, *shape)."""
+    if u is None:
+        return -lam * v(x_T, T)
+    return potential_derivatives(u, x_T, T)[0]
+
+
 class PenaltyInputs:
     """What a penalty reads: u(x, t) for one sample (None for a direct velocity field v(x (B, *shape), t),
     whose −lam·v stands in for ∇U), the unrolled flow from x0 (B, *shape), the frozen critic phi(x) for one
@@ -32,9 +39,7 @@ class PenaltyInputs:
     @functools.cached_property
     def grad_u_T(self) -> jax.Array:
         """∇U(x_K, T) (or −lam·v(x_K, T)): (B, *shape)."""
-        if self.u is None:
-            return -self.lam * self.v(self.flow.x_T, self.T)
-        return potential_derivatives(self.u, self.flow.x_T, self.T)[0]
+        return terminal_gradient(self.u, self.v, self.flow.x_T, self.T, self.lam)
 
     def grad_u(self, z, t) -> jax.Array:
         """∇U(z_i, t_i) (or −lam·v(z_i, t_i)) for z (B, *shape), t (B,)."""

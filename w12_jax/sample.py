@@ -15,7 +15,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 
 from w12_jax.config import MAX_EULER_STEPS, Config

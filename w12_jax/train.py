@@ -23,10 +23,10 @@ from w12_jax import flow_matching, mfg
 from w12_jax.config import Config, ConfigError
 from w12_jax.distributed import data_sharding, global_array, make_mesh
 from w12_jax.divergences import Divergence, get_divergence, gradient_norm, gradient_penalty
-from w12_jax.flow import (EulerFlow, euler_flow, euler_velocity_flow, kinetic_energy, potential_derivatives,
-                          scalar_potential, unroll_for, velocity)
+from w12_jax.flow import EulerFlow, euler_flow, euler_velocity_flow, kinetic_energy, scalar_potential, unroll_for, \
+    velocity
 from w12_jax.networks import make_discriminator, make_flow_network
-from w12_jax.penalties import PenaltyInputs, active_penalties, penalty_values
+from w12_jax.penalties import PenaltyInputs, active_penalties, penalty_values, terminal_gradient
 from w12_jax.reference import sample_reference
 
 INDICATOR_METRICS = ("terminal_residual", "velocity_residual", "grad_phi_gen_mean", "grad_phi_gen_max",
@@ -133,14 +133,20 @@ def is_direct(model: Model) -> bool:
     return model.config.velocity_field == "direct"
 
 
-def model_flow(model: Model, params, x0, num_steps: int) -> tuple[EulerFlow, Any, Any]:
-    """(the Euler flow from x0 on num_steps steps, u for one sample or None, v for a batch or None): the
-    potential's −∇U/lam (`euler_flow`) or a direct field's v (`euler_velocity_flow`)."""
-    config = model.config
+def flow_fields(model: Model, params) -> tuple[Any, Any]:
+    """(u for one sample, None) of a potential, or (None, v for a batch) of a direct velocity field."""
     if is_direct(model):
-        v = velocity(model.flow_network, params, config.lam)
+        return None, velocity(model.flow_network, params, model.config.lam)
+    return scalar_potential(model.flow_network, params), None
+
+
+def model_flow(model: Model, params, x0, num_steps: int) -> tuple[EulerFlow, Any, Any]:
+    """(the Euler flow from x0 on num_steps steps, u, v) with (u, v) of `flow_fields`: the potential's
+    −∇U/lam (`euler_flow`) or a direct field's v (`euler_velocity_flow`)."""
+    config = model.config
+    u, v = flow_fields(model, params)
+    if v is not None:
         return euler_velocity_flow(v, x0, config.T, num_steps, config.lam), None, v
-    u = scalar_potential(model.flow_network, params)
     return euler_flow(u, x0, config.T, num_steps, config.lam), u, None
 
 
@@ -240,14 +246,9 @@ def indicator_metrics(model: Model, potential_params, critic_params, flow: Euler
     adds jacobian_asymmetry at (x_K, T) (`mfg.jacobian_asymmetry`, probes from key)."""
     config = model.config
     phi = critic_scalar(model, critic_params)
-    extra = {}
-    if is_direct(model):
-        v = velocity(model.flow_network, potential_params, config.lam)
-        grad_u_T = -config.lam * v(flow.x_T, config.T)
-        extra["jacobian_asymmetry"] = mfg.jacobian_asymmetry(v, flow.x_T, config.T, key)
-    else:
-        grad_u_T, _ = potential_derivatives(scalar_potential(model.flow_network, potential_params), flow.x_T,
-                                            config.T)
+    u, v = flow_fields(model, potential_params)
+    grad_u_T = terminal_gradient(u, v, flow.x_T, config.T, config.lam)
+    extra = {} if v is None else {"jacobian_asymmetry": mfg.jacobian_asymmetry(v, flow.x_T, config.T, key)}
     grad_phi_T = jax.vmap(jax.grad(phi))(flow.x_T)
     grad_phi_gen = jnp.sqrt(jnp.sum(grad_phi_T.reshape(config.batch_size, -1) ** 2, axis=-1))
     grad_phi_data = gradient_norm(phi, y)

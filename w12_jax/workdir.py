@@ -39,10 +39,22 @@ class RunDir(NamedTuple):
     def checkpoints(self) -> str:
         return os.path.join(self.path, "checkpoints")
 
+    @property
+    def config_file(self) -> str:
+        return os.path.join(self.path, "config.json")
 
-def stored_config(workdir: str) -> Optional[Config]:
-    """The Config in workdir/config.json, None when there is none; ConfigError when it is unreadable."""
-    path = os.path.join(workdir, "config.json")
+    @property
+    def run_info_file(self) -> str:
+        return os.path.join(self.path, "run_info.json")
+
+    @property
+    def metrics_file(self) -> str:
+        return os.path.join(self.path, "metrics.jsonl")
+
+
+def stored_config(path: str) -> Optional[Config]:
+    """The Config in the file `path` (a workdir's config.json), None when there is none; ConfigError when it
+    is unreadable."""
     if not os.path.isfile(path):
         return None
     try:
@@ -54,15 +66,14 @@ def stored_config(workdir: str) -> Optional[Config]:
 
 def read_run_dir(workdir: str | os.PathLike) -> RunDir:
     """What `workdir` holds (it need not exist)."""
-    path = os.path.abspath(os.fspath(workdir))
-    stored, latest = stored_config(path), None
-    ckpt_dir = os.path.join(path, "checkpoints")
-    if os.path.isdir(ckpt_dir):
-        with Checkpointer(ckpt_dir, read_only=True) as probe:
+    empty = RunDir(os.path.abspath(os.fspath(workdir)), None, None)
+    stored, latest = stored_config(empty.config_file), None
+    if os.path.isdir(empty.checkpoints):
+        with Checkpointer(empty.checkpoints, read_only=True) as probe:
             latest = probe.latest_step()
             if latest is not None:
                 stored = probe.restore_config(latest)
-    return RunDir(path, stored, latest)
+    return empty._replace(stored=stored, latest=latest)
 
 
 def first_difference(a: Config, b: Config, ignore: Sequence[str] = ()) -> Optional[str]:
@@ -135,16 +146,14 @@ def open_session(run: RunDir, config: Config, start: int, write: bool) -> tuple[
     """(run info, this session's entry in it) for a session from iteration `start`; with `write` (process 0)
     also writes config.json and trims metrics.jsonl to the iterations before `start` (none for a fresh run)."""
     info = run_info(config)
-    info_path = os.path.join(run.path, "run_info.json")
     # one entry per session (a fresh start, then one per resume): iterations, compile and training time
-    info["sessions"] = previous_sessions(info_path) if start > 0 else []
+    info["sessions"] = previous_sessions(run.run_info_file) if start > 0 else []
     session = {"start_iteration": start}
     info["sessions"].append(session)
     if write:
-        metrics_path = os.path.join(run.path, "metrics.jsonl")
-        write_json(os.path.join(run.path, "config.json"), config.to_dict())
-        if start == 0 and os.path.exists(metrics_path):
-            os.remove(metrics_path)
-        elif start > 0 and os.path.exists(metrics_path):
-            keep_records_up_to(metrics_path, start)
+        write_json(run.config_file, config.to_dict())
+        if start == 0 and os.path.exists(run.metrics_file):
+            os.remove(run.metrics_file)
+        elif start > 0 and os.path.exists(run.metrics_file):
+            keep_records_up_to(run.metrics_file, start)
     return info, session
