@@ -31,7 +31,7 @@ from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config, override, parse_assignment, with_case
 from w12_jax.data import load_config_dataset
 from w12_jax.evaluation import DOPRI5, few_step_samplers, floor_samples, sampler_samples, vector_quality
-from w12_jax.presets import MAIN, MAIN_PLAIN
+from w12_jax.presets import MAIN_PLAIN, MAIN_RELU
 from w12_jax.sample import generate
 
 FINE_STEPS = 320  # Euler h = T/320: h = 1/64 in the paper's MNIST units (T = 5)
@@ -53,10 +53,10 @@ def warm_start(cfg: Config, warmup: int) -> Config:
 # W1⊕W2 low-dimensional preset on the manifolds experiment's CPU schedule
 VARIANTS: dict[str, tuple[str, Callable[[Config], Config]]] = {
     "main": ("main job without the velocity penalty (W1⊕W2, the main job until 2026-11-27)", lambda c: c),
-    "adopted": ("the main job since 2026-11-27: velocity_weight 50 at the plain main job's CPU time "
+    "adopted": ("the main job from 2026-11-27 to 2026-12-02: velocity_weight 50 at the plain main job's CPU time "
                 "(iterations × 2180 / 2400)", lambda c: dataclasses.replace(
-                    straight(c), iterations=c.iterations * MAIN.iterations // MAIN_PLAIN.iterations)),
-    "adopted-seed1": ("the main job since 2026-11-27, seed 1", lambda c: dataclasses.replace(
+                    straight(c), iterations=c.iterations * MAIN_RELU.iterations // MAIN_PLAIN.iterations)),
+    "adopted-seed1": ("the main job from 2026-11-27 to 2026-12-02, seed 1", lambda c: dataclasses.replace(
         VARIANTS["adopted"][1](c), seed=1)),
     "straight": ("main job + velocity-consistency penalty, velocity_weight 50", straight),
     "w1": ("W1 only", lambda c: with_case(c, "w1")),

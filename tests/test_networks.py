@@ -139,3 +139,37 @@ def test_endpoint_path_makes_one_euler_step_land_on_the_networks_prediction(fiel
     tau = jnp.maximum(cfg.T - t, cfg.T / 16)[:, None]
     expected = n * (1 / tau - 1) - x0 / tau if field == "direct" else -x0 / tau  # (N − x)/τ − N, or −x/τ
     np.testing.assert_allclose(gap, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,raw_pixels", [("relu", False), ("silu", False), ("silu", True)])
+def test_one_euler_step_reaches_the_pixels_only_through_the_hessian_of_u(activation, raw_pixels):
+    """One Euler step x1 = x0 − T∇U(x0, 0)/lam has Jacobian I − (T/lam)∇²U. With ReLU everywhere U is
+    piecewise linear, ∇²U = 0 a.e., and the step is locally a translation: x0's noise passes through it
+    unchanged. With a smooth MLP on conv features ∇²U = J_fᵀ M J_f has rank ≤ F (the conv feature count);
+    raw_pixels lets it exceed F (design.md §13)."""
+    import dataclasses
+
+    from w12_jax.config import Config
+    from w12_jax.networks import make_potential
+
+    cfg = dataclasses.replace(Config(), data_shape=(8, 8, 1), conv_channels=(2, 2), conv_kernel=3,
+                              potential_hidden=(24, 24), potential_activation=activation, raw_pixels=raw_pixels)
+    features = 2 * 2 * 2  # 8×8 → 4×4 → 2×2 positions, 2 channels
+    net = make_potential(cfg)
+    x0 = jax.random.uniform(jax.random.PRNGKey(0), (1, 8, 8, 1), maxval=0.5)
+    params = net.init(jax.random.PRNGKey(1), x0, jnp.zeros((1,)))
+
+    def step(x):
+        grad_u = jax.grad(lambda y: net.apply(params, y.reshape(x0.shape), jnp.zeros((1,)))[0])(x)
+        return x - cfg.T * grad_u / cfg.lam
+
+    jacobian = np.asarray(jax.jacfwd(step)(x0.reshape(-1)), np.float64)
+    hessian_part = np.eye(64) - jacobian  # (T/lam)∇²U
+    singular = np.linalg.svd(hessian_part, compute_uv=False)
+    rank = int(np.sum(singular > 1e-4 * max(singular[0], 1e-12)))
+    if activation == "relu":
+        np.testing.assert_allclose(jacobian, np.eye(64), atol=1e-6)
+    elif raw_pixels:
+        assert features < rank <= 24, (rank, singular[:30])
+    else:
+        assert 0 < rank <= features, (rank, singular[:10])

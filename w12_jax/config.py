@@ -51,8 +51,8 @@ class Config:
 
     Config() is the paper's MNIST W1⊕W2 run (design.md §6; preset `mnist-w1w2`, 5000 iterations of B = 200,
     n_D = 5). `w12 train` with no preset runs the main job, `presets.MAIN`: Config() with batch_size 100,
-    n_critic 2, lr_potential and lr_discriminator 1e-3, gp_weight 5, velocity_weight 50, iterations 2180,
-    checkpoint_every and sample_every 600.
+    n_critic 2, lr_potential and lr_discriminator 1e-3, gp_weight 5, velocity_weight 50,
+    potential_activation silu, ema_decay 0.99, iterations 1900, checkpoint_every and sample_every 600.
     """
 
     # data and reference distribution rho_0
@@ -112,12 +112,15 @@ class Config:
     conv_kernel: int = 7
     conv_space_to_depth: bool = True  # first conv (≤ 3 input channels) via space-to-depth: same function, faster
     potential_hidden: tuple[int, ...] = (512, 512, 512)
-    potential_activation: str = "relu"
+    potential_activation: str = "relu"  # of U's MLP; the main job's silu makes U smooth (design.md §13)
     discriminator_hidden: tuple[int, ...] = (256, 256, 256)
     discriminator_activation: str = "relu"
     # identity path (design.md §13): U + ½ a(t)|x|² ("scalar"), ½ Σ a_p(t) x_p² ("pixel"), lam|x|²/(2(T − t))
     # ("endpoint"); a direct field v + a(t)x, or v = (D(x, t) − x)/(T − t) ("endpoint")
     identity_path: str = "none"
+    # the flow network's MLP reads the flattened pixels beside the conv features, so that −∇U/lam (or v)
+    # depends on every pixel of x0, not only on its pooled features (design.md §13)
+    raw_pixels: bool = False
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
@@ -186,6 +189,8 @@ def _validate(cfg: Config) -> None:
     if cfg.velocity_field == "direct" and cfg.objective == "mfg" and cfg.hj_weight:
         raise ConfigError("hj_weight needs the potential U (velocity_field='potential'): the HJ residual "
                           "∂tU − |∇U|²/(2 lam) has no counterpart for a direct velocity field")
+    if cfg.raw_pixels and cfg.architecture != "conv":
+        raise ConfigError("raw_pixels adds the pixels to the conv features; the mlp architecture reads them already")
     _one_of("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _positive(cfg, "T", "dt", "lam", "L", "batch_size", "n_critic", "lr_potential", "lr_discriminator",
               "iterations", "log_every", "steps_per_call", "checkpoint_every", "sample_every", "eval_samples",

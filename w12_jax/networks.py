@@ -109,12 +109,16 @@ class ScalarMLP(nn.Module):
 
 
 def features_and_time(module, x, t):
-    """Conv features of x (if module.conv_channels) or x flattened, with t appended: (B, F + 1). Called in
-    the compact `__call__` of `module`, so the conv layers are its submodule ConvFeatures_0."""
+    """Conv features of x (if module.conv_channels) or x flattened, with t appended: (B, F + 1); with
+    `module.raw_pixels` the flattened x joins the conv features: (B, F + d + 1). Called in the compact
+    `__call__` of `module`, so the conv layers are its submodule ConvFeatures_0."""
+    flat = x.reshape(x.shape[0], -1)
     if module.conv_channels:
         h = ConvFeatures(module.conv_channels, module.conv_kernel, module.space_to_depth)(x)
+        if module.raw_pixels:
+            h = jnp.concatenate([h, flat.astype(h.dtype)], axis=-1)
     else:
-        h = x.reshape(x.shape[0], -1)
+        h = flat
     return jnp.concatenate([h, jnp.reshape(t, (-1, 1)).astype(h.dtype)], axis=-1)
 
 
@@ -145,6 +149,7 @@ class FlowNetwork(nn.Module):
     identity_path: str = "none"
     T: float = 1.0  # horizon and kinetic weight: used by identity_path="endpoint" only
     lam: float = 1.0
+    raw_pixels: bool = False  # the MLP reads the flattened x beside the conv features (design.md §13)
 
 
 def time_to_go(t, T: float):
@@ -212,7 +217,8 @@ def flow_network_of(cls: type[FlowNetwork], config: Config) -> FlowNetwork:
     """`cls` (Potential or VelocityField) with the fields `config` gives the flow network."""
     conv = config.conv_channels if config.architecture == "conv" else ()
     return cls(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
-               config.conv_space_to_depth, config.identity_path, config.T, config.lam)
+               config.conv_space_to_depth, config.identity_path, config.T, config.lam,
+               raw_pixels=config.raw_pixels)
 
 
 def make_potential(config: Config) -> Potential:
