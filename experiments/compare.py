@@ -43,7 +43,7 @@ from w12_jax.sample import generate
 MAIN_JOB = get_preset("mnist5k")
 OTCFM_DIRECT = dataclasses.replace(get_preset("mnist5k-otcfm"), velocity_field="direct")
 YARDSTICK = dataclasses.replace(OTCFM_DIRECT, potential_activation="silu")  # the main job's smooth MLP
-# method -> (label, config); every method but the main job is trained to the main job's CPU time
+# method -> (label, config); FIXED_ITERATIONS train their config's iterations, every other method the budget
 MNIST_METHODS = {
     "main": ("W1⊕W2, the main job (preset mnist5k)", MAIN_JOB),
     "otcfm-direct-silu": ("OT-CFM, direct velocity field, silu in its MLP (the yardstick)", YARDSTICK),
@@ -57,7 +57,7 @@ MNIST_METHODS = {
     "w1w2-cfm600": ("W1⊕W2 (ReLU) + OT-CFM kept (cfm_weight 1), 600 iterations", dataclasses.replace(
         MAIN_RELU, cfm_weight=1.0, iterations=600)),
 }
-FIXED_ITERATIONS = ("main", "w1w2-silu", "w1w2-relu", "w1w2-cfm600")  # trained for their own iterations (about the budget)
+FIXED_ITERATIONS = ("main", "w1w2-silu", "w1w2-relu", "w1w2-cfm600")  # trained for their config's iterations
 # the CPU budget of every other method: the ReLU main job's 2180 iterations, which the main job matches within
 # the rounding to hundreds of iterations that every method gets (1900 iterations of the smooth potential)
 BUDGET_METHOD = "w1w2-relu"
@@ -69,9 +69,9 @@ MNIST_RUNS = os.path.join(RUNS, "compare", "mnist")
 
 
 def rates(methods) -> dict[str, float]:
-    """Seconds per iteration of the main job and `methods`, measured side by side in one process the first
-    time and kept in MNIST_RUNS/seconds_per_iteration.json (they fix the equal-time iterations of the runs);
-    a method added later is timed beside the main job and scaled to its stored rate."""
+    """Seconds per iteration of the main job, BUDGET_METHOD and `methods`, measured side by side in one process
+    the first time and kept in MNIST_RUNS/seconds_per_iteration.json (they fix the equal-time iterations of the
+    runs); a method added later is timed beside the main job and scaled to its stored rate."""
     os.makedirs(MNIST_RUNS, exist_ok=True)
     path = os.path.join(MNIST_RUNS, "seconds_per_iteration.json")
     per_it = {}
