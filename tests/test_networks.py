@@ -1,5 +1,5 @@
-"""The space-to-depth conv layer computes the same function as nn.Conv + nn.max_pool, to every derivative
-the training uses: values, ∇x (the flow's velocity) and ∂/∂w of a function of ∇x (the U and GP updates)."""
+"""The space-to-depth conv layer computes the same function as nn.Conv + nn.max_pool (+ nn.avg_pool for a
+smooth activation), to every derivative the training uses: values, ∇x (the flow's velocity) and ∂/∂w of a function of ∇x (the U and GP updates)."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w12_jax.networks import ConvFeatures, ConvReluPool, block_kernel_selector
+from w12_jax.networks import ACTIVATION_FNS, ConvFeatures, ConvPool, block_kernel_selector
 
 
 class PlainConvFeatures(nn.Module):
@@ -15,20 +15,26 @@ class PlainConvFeatures(nn.Module):
 
     channels: tuple
     kernel: int
+    activation: str = "relu"
+    pool: str = "max"
 
     @nn.compact
     def __call__(self, x):
         for c in self.channels:
             x = nn.Conv(c, (self.kernel, self.kernel), padding="SAME", use_bias=False)(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
+            pool = nn.max_pool if self.pool == "max" else nn.avg_pool
+            x = pool(ACTIVATION_FNS[self.activation](x), (2, 2), strides=(2, 2), padding="SAME")
         return x.reshape(x.shape[0], -1)
 
 
-@pytest.mark.parametrize("kernel,channels,size", [(7, 1, 28), (5, 3, 8), (3, 2, 6), (9, 1, 10)])
-def test_space_to_depth_matches_flax_conv_and_pool_to_second_order(kernel, channels, size):
+@pytest.mark.parametrize("kernel,channels,size,activation,pool",
+                         [(7, 1, 28, "relu", "max"), (5, 3, 8, "relu", "max"), (3, 2, 6, "relu", "max"),
+                          (9, 1, 10, "relu", "max"), (7, 1, 28, "silu", "max"), (7, 1, 28, "silu", "avg")])
+def test_space_to_depth_matches_flax_conv_and_pool_to_second_order(kernel, channels, size, activation, pool):
     with jax.enable_x64(True):
         x = jax.random.uniform(jax.random.PRNGKey(0), (3, size, size, channels), jnp.float64)
-        fast, plain = ConvFeatures((4, 4), kernel), PlainConvFeatures((4, 4), kernel)
+        fast = ConvFeatures((4, 4), kernel, activation=activation, pool=pool)
+        plain = PlainConvFeatures((4, 4), kernel, activation, pool)
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), plain.init(jax.random.PRNGKey(1), x))
         fast_params = fast.init(jax.random.PRNGKey(1), x)
         assert jax.tree_util.tree_structure(fast_params) == jax.tree_util.tree_structure(params)
@@ -55,7 +61,7 @@ def test_block_kernel_selector_places_every_tap_once_per_output_phase():
 
 def test_odd_sizes_fall_back_to_the_plain_layer():
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 7, 7, 1))
-    layer = ConvReluPool(3, 5)
+    layer = ConvPool(3, 5)
     params = layer.init(jax.random.PRNGKey(1), x)
     w = params["params"]["kernel"]
     y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -141,19 +147,23 @@ def test_endpoint_path_makes_one_euler_step_land_on_the_networks_prediction(fiel
     np.testing.assert_allclose(gap, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("activation,raw_pixels", [("relu", False), ("silu", False), ("silu", True)])
-def test_one_euler_step_reaches_the_pixels_only_through_the_hessian_of_u(activation, raw_pixels):
+@pytest.mark.parametrize("activation,raw_pixels,conv_activation",
+                         [("relu", False, "relu"), ("silu", False, "relu"), ("silu", True, "relu"),
+                          ("silu", False, "silu")])
+def test_one_euler_step_reaches_the_pixels_only_through_the_hessian_of_u(activation, raw_pixels, conv_activation):
+    # conv_activation silu keeps the paper's max-pool: smooth between the max's switches
     """One Euler step x1 = x0 − T∇U(x0, 0)/lam has Jacobian I − (T/lam)∇²U. With ReLU everywhere U is
     piecewise linear, ∇²U = 0 a.e., and the step is locally a translation: x0's noise passes through it
-    unchanged. With a smooth MLP on conv features ∇²U = J_fᵀ M J_f has rank ≤ F (the conv feature count);
-    raw_pixels lets it exceed F (design.md §13)."""
+    unchanged. With a smooth MLP on ReLU conv features ∇²U = J_fᵀ M J_f has rank ≤ F (the conv feature
+    count); raw_pixels, or smooth conv layers (∇²U gains Σ_f ∂U/∂f ∇²f), let it exceed F (design.md §13)."""
     import dataclasses
 
     from w12_jax.config import Config
     from w12_jax.networks import make_potential
 
     cfg = dataclasses.replace(Config(), data_shape=(8, 8, 1), conv_channels=(2, 2), conv_kernel=3,
-                              potential_hidden=(24, 24), potential_activation=activation, raw_pixels=raw_pixels)
+                              potential_hidden=(24, 24), potential_activation=activation, raw_pixels=raw_pixels,
+                              potential_conv_activation=conv_activation)
     features = 2 * 2 * 2  # 8×8 → 4×4 → 2×2 positions, 2 channels
     net = make_potential(cfg)
     x0 = jax.random.uniform(jax.random.PRNGKey(0), (1, 8, 8, 1), maxval=0.5)
@@ -171,5 +181,7 @@ def test_one_euler_step_reaches_the_pixels_only_through_the_hessian_of_u(activat
         np.testing.assert_allclose(jacobian, np.eye(64), atol=1e-6)
     elif raw_pixels:
         assert features < rank <= 24, (rank, singular[:30])
+    elif conv_activation != "relu":
+        assert rank > features, (rank, singular[:30])
     else:
         assert 0 < rank <= features, (rank, singular[:10])

@@ -121,6 +121,9 @@ class Config:
     # the flow network's MLP reads the flattened pixels beside the conv features, so that −∇U/lam (or v)
     # depends on every pixel of x0, not only on its pooled features (design.md §13)
     raw_pixels: bool = False
+    # U's conv layers: activation and 2×2 pool ("max" or "avg"); the paper's relu and max make U piecewise linear
+    potential_conv_activation: str = "relu"
+    potential_conv_pool: str = "max"
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
@@ -181,6 +184,8 @@ def _validate(cfg: Config) -> None:
     _one_of("architecture", cfg.architecture, ARCHITECTURES)
     _one_of("discriminator_architecture", cfg.discriminator_architecture, ("same",) + ARCHITECTURES)
     _one_of("potential_activation", cfg.potential_activation, ACTIVATIONS)
+    _one_of("potential_conv_activation", cfg.potential_conv_activation, ACTIVATIONS)
+    _one_of("potential_conv_pool", cfg.potential_conv_pool, ("max", "avg"))
     _one_of("discriminator_activation", cfg.discriminator_activation, ACTIVATIONS)
     _one_of("reference", cfg.reference, REFERENCES)
     _one_of("objective", cfg.objective, OBJECTIVES)

@@ -38,12 +38,13 @@ def block_kernel_selector(kernel: int) -> np.ndarray:
     return sel
 
 
-def conv_relu_pool_s2d(x, w):
-    """relu(max-pool 2×2(conv_SAME(x, w))) via space-to-depth: x (B, H, W, C) with H, W even, w (k, k, C, F).
+def conv_pool_s2d(x, w, activation: str = "relu", pool: str = "max"):
+    """pool 2×2(activation(conv_SAME(x, w))) via space-to-depth, pool "max" or "avg": x (B, H, W, C) with H, W
+    even, w (k, k, C, F). The paper's layer is relu and max.
 
     The 2×2 pool windows become channel groups, so the conv runs on (H/2, W/2) with 4C inputs and 4F
-    outputs (a kb×kb kernel, kb = 2⌈⌊k/2⌋/2⌉ + 1) and the pool is a max over the 4 groups. The same
-    function as `nn.Conv` + `nn.max_pool`, and on XLA:CPU 4x faster for C = 1.
+    outputs (a kb×kb kernel, kb = 2⌈⌊k/2⌋/2⌉ + 1) and the pool is a max (mean) over the 4 groups. The same
+    function as `nn.Conv` + `nn.max_pool` (`nn.avg_pool`), and on XLA:CPU 4x faster for C = 1.
     """
     k, _, c, f = w.shape
     sel = block_kernel_selector(k)
@@ -54,19 +55,26 @@ def conv_relu_pool_s2d(x, w):
     pad = (kb - 1) // 2
     y = jax.lax.conv_general_dilated(xb, wb, (1, 1), ((pad, pad), (pad, pad)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return nn.relu(jnp.max(y.reshape(b, h // 2, wd // 2, 4, f), axis=3))
+    y = y.reshape(b, h // 2, wd // 2, 4, f)
+    if activation == "relu" and pool == "max":  # relu and max commute: one relu on the pooled values
+        return nn.relu(jnp.max(y, axis=3))
+    y = ACTIVATION_FNS[activation](y)
+    return jnp.max(y, axis=3) if pool == "max" else jnp.mean(y, axis=3)
 
 
-class ConvReluPool(nn.Module):
-    """conv k×k (F channels, no bias, SAME) → ReLU → 2×2 max-pool: (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, F).
+class ConvPool(nn.Module):
+    """conv k×k (F channels, no bias, SAME) → activation → 2×2 pool: (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, F);
+    the paper's layer is ReLU and max-pool, a smooth activation makes it smooth between the max's switches.
 
     Parameter `kernel` (k, k, C, F) as in `nn.Conv`. With `space_to_depth`, few input channels (C ≤ 3), odd
-    k and even H, W it computes the identical function through `conv_relu_pool_s2d`.
+    k and even H, W it computes the identical function through `conv_pool_s2d`.
     """
 
     features: int
     kernel: int
     space_to_depth: bool = True
+    activation: str = "relu"
+    pool: str = "max"  # or "avg"
 
     @nn.compact
     def __call__(self, x):
@@ -75,22 +83,26 @@ class ConvReluPool(nn.Module):
         w = w.astype(x.dtype)
         _, h, wd, c = x.shape
         if self.space_to_depth and c <= 3 and self.kernel % 2 == 1 and h % 2 == 0 and wd % 2 == 0:
-            return conv_relu_pool_s2d(x, w)
+            return conv_pool_s2d(x, w, self.activation, self.pool)
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2), padding="SAME")
+        pool = nn.max_pool if self.pool == "max" else nn.avg_pool
+        return pool(ACTIVATION_FNS[self.activation](y), (2, 2), strides=(2, 2), padding="SAME")
 
 
 class ConvFeatures(nn.Module):
-    """(B, H, W, C) -> (B, F): [conv k×k (no bias) → ReLU → max-pool 2×2] per channel count, flattened."""
+    """(B, H, W, C) -> (B, F): [`ConvPool`: conv k×k (no bias) → activation (ReLU) → 2×2 pool (max)] per
+    channel count, flattened."""
 
     channels: Sequence[int]
     kernel: int
     space_to_depth: bool = True
+    activation: str = "relu"
+    pool: str = "max"
 
     @nn.compact
     def __call__(self, x):
         for i, c in enumerate(self.channels):
-            x = ConvReluPool(c, self.kernel, self.space_to_depth, name=f"Conv_{i}")(x)
+            x = ConvPool(c, self.kernel, self.space_to_depth, self.activation, self.pool, name=f"Conv_{i}")(x)
         return x.reshape(x.shape[0], -1)
 
 
@@ -114,7 +126,8 @@ def features_and_time(module, x, t):
     `__call__` of `module`, so the conv layers are its submodule ConvFeatures_0."""
     flat = x.reshape(x.shape[0], -1)
     if module.conv_channels:
-        h = ConvFeatures(module.conv_channels, module.conv_kernel, module.space_to_depth)(x)
+        h = ConvFeatures(module.conv_channels, module.conv_kernel, module.space_to_depth, module.conv_activation,
+                         module.conv_pool)(x)
         if module.raw_pixels:
             h = jnp.concatenate([h, flat.astype(h.dtype)], axis=-1)
     else:
@@ -150,6 +163,8 @@ class FlowNetwork(nn.Module):
     T: float = 1.0  # horizon and kinetic weight: used by identity_path="endpoint" only
     lam: float = 1.0
     raw_pixels: bool = False  # the MLP reads the flattened x beside the conv features (design.md §13)
+    conv_activation: str = "relu"  # of the conv layers (the paper's relu: U piecewise linear, design.md §13)
+    conv_pool: str = "max"  # of the conv layers: "max" (the paper's) or "avg"
 
 
 def time_to_go(t, T: float):
@@ -218,7 +233,8 @@ def flow_network_of(cls: type[FlowNetwork], config: Config) -> FlowNetwork:
     conv = config.conv_channels if config.architecture == "conv" else ()
     return cls(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
                config.conv_space_to_depth, config.identity_path, config.T, config.lam,
-               raw_pixels=config.raw_pixels)
+               raw_pixels=config.raw_pixels, conv_activation=config.potential_conv_activation,
+               conv_pool=config.potential_conv_pool)
 
 
 def make_potential(config: Config) -> Potential:
