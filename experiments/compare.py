@@ -68,13 +68,14 @@ LOWDIM_METHODS = {"w1w2": "W1⊕W2", "cfm": "I-CFM", "otcfm": "OT-CFM"}  # prese
 MNIST_RUNS = os.path.join(RUNS, "compare", "mnist")
 
 
-def rates(methods) -> dict[str, float]:
+def rates(methods, stored: dict | None = None) -> dict[str, float]:
     """Seconds per iteration of the main job, BUDGET_METHOD and `methods`, measured side by side in one process
     the first time and kept in MNIST_RUNS/seconds_per_iteration.json (they fix the equal-time iterations of the
-    runs); a method added later is timed beside the main job and scaled to its stored rate."""
+    runs), or taken from `stored` (a results.json's) when that file is missing; a method added later is timed
+    beside the main job and scaled to its stored rate."""
     os.makedirs(MNIST_RUNS, exist_ok=True)
     path = os.path.join(MNIST_RUNS, "seconds_per_iteration.json")
-    per_it = {}
+    per_it = dict(stored or {})
     if os.path.exists(path):
         with open(path) as f:
             per_it = json.load(f)
@@ -128,10 +129,23 @@ PROTOCOL = 2  # the evaluation protocol of the cached measurements: fixed split,
 FIGURES = ("frechet_distance", "precision", "recall", "class_entropy", "min_class_fraction", "nearest_train_distance")
 
 
-def mnist(args) -> tuple[dict, dict]:
+def reusable(previous: dict | None, name: str, cfg: Config, workdir: str) -> dict | None:
+    """The run `name` of a previous results.json's MNIST part (marked with the revision that measured it) when
+    its workdir has no checkpoints here and its stored config is `cfg`; else None."""
+    if previous is None or os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    run = previous["runs"].get(name)
+    if run is None or "config" not in run or Config.from_dict(run["config"]).to_dict() != cfg.to_dict():
+        return None
+    return {**run, "reused_from": run.get("reused_from", previous.get("revision"))}
+
+
+def mnist(args, previous: dict | None = None) -> tuple[dict, dict]:
     """(results: rates, floor, every run by "method-seedS" and the seed summary by method and sampler; digit
-    grids by flow label for seed 0)."""
-    per_it = rates(args.methods)
+    grids by flow label for the first seed). With `previous` (the MNIST part of an earlier results.json, and its
+    git revision under "revision"), a run with no workdir here and the same config is taken from it instead of
+    trained (no digit grid then), and its runs that this command does not ask for are kept."""
+    per_it = rates(args.methods, previous and previous["seconds_per_iteration"])
     classifier, accuracy = load_or_train_classifier()
     dataset = load_config_dataset(MAIN_JOB)  # the fixed split: one reference for every seed and method
     quality = digit_quality(classifier, accuracy, dataset)
@@ -140,8 +154,12 @@ def mnist(args) -> tuple[dict, dict]:
         for seed in args.seeds:
             cfg, workdir = run_config(method, seed, per_it)
             label = MNIST_METHODS[method][0]
-            state, status = train_or_diverge(cfg, workdir)
             name = f"{method}-seed{seed}"
+            kept = reusable(previous, name, cfg, workdir)
+            if kept is not None:
+                runs[name] = kept
+                continue
+            state, status = train_or_diverge(cfg, workdir)
             if state is None:
                 runs[name] = {"method": method, "seed": seed, "iterations": cfg.iterations, "status": status}
                 continue
@@ -154,6 +172,10 @@ def mnist(args) -> tuple[dict, dict]:
                           "training_seconds_as_run": training_seconds(workdir), **report}
             if seed == args.seeds[0]:
                 grids[f"{label}, seed {seed}"] = sampler_samples(cfg, params, x0[:8], mnist_samplers(cfg.T))
+    if previous is not None:  # the runs not asked for, in the previous file's order
+        runs = {**{k: {**r, "reused_from": r.get("reused_from", previous.get("revision"))}
+                   for k, r in previous["runs"].items() if k not in runs}, **runs}
+        runs = dict(sorted(runs.items(), key=lambda kv: (list(MNIST_METHODS).index(kv[1]["method"]), kv[1]["seed"])))
     floor = quality_floor(MAIN_JOB, dataset, args.n)
     return {"seconds_per_iteration": per_it, "budget_seconds": budget_seconds(per_it),
             "n": args.n, "heldout": len(dataset.heldout[:args.n]), "floor": floor, "runs": runs, "summary": summarize(runs)}, grids
@@ -191,7 +213,21 @@ def _seeds_cell(s: dict | None, digits: int = 3, interval: bool = True) -> str:
     return f"{s['mean']:.{digits}g} ± {s['sd']:.2g}" + (f" [{lo:.{digits}g}, {hi:.{digits}g}]" if interval else "")
 
 
-def mnist_text(results: dict, seeds: list) -> str:
+def seeds_text(runs: dict) -> str:
+    """'Training seeds 0, 1, 2 of each method', or per group of methods with the same seeds."""
+    by_method = {}
+    for r in runs.values():
+        by_method.setdefault(r["method"], []).append(r["seed"])
+    groups = {}
+    for method, seeds in by_method.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(method)
+    if len(groups) == 1:
+        return f"Training seeds {', '.join(map(str, next(iter(groups))))} of each method"
+    return "Training seeds " + "; ".join(f"{', '.join(map(str, seeds))} of {', '.join(methods)}"
+                                         for seeds, methods in groups.items())
+
+
+def mnist_text(results: dict) -> str:
     """The markdown of the MNIST part: seed summary with verdicts, coverage, the floor, every run."""
     summary, floor = results["summary"], results["floor"]
     methods = [m for m in MNIST_METHODS if m in summary]
@@ -214,7 +250,7 @@ def mnist_text(results: dict, seeds: list) -> str:
     per_it = results["seconds_per_iteration"]
     n = results["n"]
     return (
-        f"## MNIST (mnist5k)\n\nTraining seeds {', '.join(map(str, seeds))} of each method; the main job trains "
+        f"## MNIST (mnist5k)\n\n{seeds_text(results['runs'])}; the main job trains "
         f"{MAIN_JOB.iterations} iterations (the CPU time of the ReLU main job's "
         f"{MNIST_METHODS[BUDGET_METHOD][1].iterations}, rounded to hundreds), every other method the iterations that "
         f"take that budget at the rates measured side by side in one process ("
@@ -294,6 +330,9 @@ def main(argv=None):
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--skip-lowdim", action="store_true")
     parser.add_argument("--out", default=os.path.join(RESULTS, "compare"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="take runs with no workdir here from OUT/results.json when their config is the same, and "
+                             "keep its runs not asked for: add seeds or methods to a committed comparison")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if "main" not in args.methods:
@@ -305,16 +344,22 @@ def main(argv=None):
         with open(results_path) as f:
             results = json.load(f)
     if not args.skip_mnist:
-        results["mnist"], grids = mnist(args)
+        previous = None
+        if args.reuse and "mnist" in results:
+            previous = {**results["mnist"], "revision": results.get("versions", {}).get("git_revision")}
+        results["mnist"], grids = mnist(args, previous)
         labels = [label for label, _ in mnist_samplers(5.0)]
-        digit_rows_figure({lab: [grids[m][i] for m in grids] for i, lab in enumerate(labels)}, list(grids),
-                          os.path.join(args.out, "digits.png"))
+        if len(grids) == len(args.methods):
+            digit_rows_figure({lab: [grids[m][i] for m in grids] for i, lab in enumerate(labels)}, list(grids),
+                              os.path.join(args.out, "digits.png"))
+        else:
+            print(f"digits.png left as it is: the first seed of {len(args.methods) - len(grids)} method(s) was reused")
     if not args.skip_lowdim:
         results["lowdim"] = lowdim(args)
     text = (f"# W1⊕W2 against flow matching\n\nCommand (each part can be rerun alone): "
             f"`{command_line('experiments.compare', argv)}`\n\nMachine: {machine()}\n\n")
     if "mnist" in results and "summary" in results["mnist"]:
-        text += mnist_text(results["mnist"], sorted({r["seed"] for r in results["mnist"]["runs"].values()}))
+        text += mnist_text(results["mnist"])
     if "lowdim" in results:
         header = ["data", "D", "method", "energy distance 1 NFE", "energy distance 5 NFE", "off-manifold 1 NFE",
                   "off-manifold 5 NFE", "training s"]
