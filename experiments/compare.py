@@ -3,6 +3,7 @@
     python -m experiments.compare                        # main job and yardstick, seeds 0 1 2; low-dim
     python -m experiments.compare --skip-lowdim          # MNIST only
     python -m experiments.compare --methods main otcfm icfm --seeds 0 --skip-lowdim   # one-seed extra rows
+    python -m experiments.compare --skip-lowdim --reuse --seeds 0 1 2 3 4   # seeds 3, 4 added to results.json's
 
 MNIST (mnist5k): the main job (preset mnist5k) against the yardstick, OT-CFM with a direct velocity field
 (the potential's conv trunk and silu MLP with a 784-output head, as torchcfm uses), trained for the main job's
