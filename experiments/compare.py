@@ -130,6 +130,11 @@ PROTOCOL = 2  # the evaluation protocol of the cached measurements: fixed split,
 FIGURES = ("frechet_distance", "precision", "recall", "class_entropy", "min_class_fraction", "nearest_train_distance")
 
 
+def _marked(run: dict, previous: dict) -> dict:
+    """`run` of the previous results with the revision that measured it (kept from an earlier reuse)."""
+    return {**run, "reused_from": run.get("reused_from", previous.get("revision"))}
+
+
 def reusable(previous: dict | None, name: str, cfg: Config, workdir: str) -> dict | None:
     """The run `name` of a previous results.json's MNIST part (marked with the revision that measured it) when
     its workdir has no checkpoints here and its stored config is `cfg`; else None."""
@@ -138,7 +143,7 @@ def reusable(previous: dict | None, name: str, cfg: Config, workdir: str) -> dic
     run = previous["runs"].get(name)
     if run is None or "config" not in run or Config.from_dict(run["config"]).to_dict() != cfg.to_dict():
         return None
-    return {**run, "reused_from": run.get("reused_from", previous.get("revision"))}
+    return _marked(run, previous)
 
 
 def mnist(args, previous: dict | None = None) -> tuple[dict, dict]:
@@ -173,9 +178,8 @@ def mnist(args, previous: dict | None = None) -> tuple[dict, dict]:
                           "training_seconds_as_run": training_seconds(workdir), **report}
             if seed == args.seeds[0]:
                 grids[f"{label}, seed {seed}"] = sampler_samples(cfg, params, x0[:8], mnist_samplers(cfg.T))
-    if previous is not None:  # the runs not asked for, in the previous file's order
-        runs = {**{k: {**r, "reused_from": r.get("reused_from", previous.get("revision"))}
-                   for k, r in previous["runs"].items() if k not in runs}, **runs}
+    if previous is not None:  # the runs not asked for are kept; all in MNIST_METHODS order, then by seed
+        runs = {**{k: _marked(r, previous) for k, r in previous["runs"].items() if k not in runs}, **runs}
         runs = dict(sorted(runs.items(), key=lambda kv: (list(MNIST_METHODS).index(kv[1]["method"]), kv[1]["seed"])))
     floor = quality_floor(MAIN_JOB, dataset, args.n)
     return {"seconds_per_iteration": per_it, "budget_seconds": budget_seconds(per_it),

@@ -1,5 +1,6 @@
-"""The space-to-depth conv layer computes the same function as nn.Conv + nn.max_pool (+ nn.avg_pool for a
-smooth activation), to every derivative the training uses: values, ∇x (the flow's velocity) and ∂/∂w of a function of ∇x (the U and GP updates)."""
+"""The space-to-depth conv layer computes the same function as nn.Conv + nn.max_pool (or nn.avg_pool), with
+ReLU or a smooth activation, to every derivative the training uses: values, ∇x (the flow's velocity) and
+∂/∂w of a function of ∇x (the U and GP updates)."""
 
 import flax.linen as nn
 import jax
@@ -151,11 +152,11 @@ def test_endpoint_path_makes_one_euler_step_land_on_the_networks_prediction(fiel
                          [("relu", False, "relu"), ("silu", False, "relu"), ("silu", True, "relu"),
                           ("silu", False, "silu")])
 def test_one_euler_step_reaches_the_pixels_only_through_the_hessian_of_u(activation, raw_pixels, conv_activation):
-    # conv_activation silu keeps the paper's max-pool: smooth between the max's switches
     """One Euler step x1 = x0 − T∇U(x0, 0)/lam has Jacobian I − (T/lam)∇²U. With ReLU everywhere U is
     piecewise linear, ∇²U = 0 a.e., and the step is locally a translation: x0's noise passes through it
     unchanged. With a smooth MLP on ReLU conv features ∇²U = J_fᵀ M J_f has rank ≤ F (the conv feature
-    count); raw_pixels, or smooth conv layers (∇²U gains Σ_f ∂U/∂f ∇²f), let it exceed F (design.md §13)."""
+    count); raw_pixels, or smooth conv layers with the paper's max-pool (∇²U gains Σ_f ∂U/∂f ∇²f between the
+max's switches), let it exceed F (design.md §13)."""
     import dataclasses
 
     from w12_jax.config import Config
