@@ -84,6 +84,12 @@ def test_discriminator_architecture_overrides_the_shared_one():
     assert u_params["ScalarMLP_0"]["Dense_0"]["kernel"].shape[0] == 28 * 28 + 1  # pixels ⊕ t
     with pytest.raises(ConfigError, match="discriminator_architecture='conv' needs image data"):
         Config(data_shape=(2,), architecture="mlp", discriminator_architecture="conv")
+    own = Config(conv_channels=(4,), potential_conv_channels=(6, 3))  # U's own conv widths, phi keeps (4,)
+    phi_params = make_discriminator(own).init(jax.random.PRNGKey(0), x)["params"]
+    u_params = make_potential(own).init(jax.random.PRNGKey(0), x, jnp.zeros(2))["params"]
+    assert phi_params["ConvFeatures_0"]["Conv_0"]["kernel"].shape == (7, 7, 1, 4)
+    assert [u_params["ConvFeatures_0"][f"Conv_{i}"]["kernel"].shape for i in (0, 1)] == [(7, 7, 1, 6), (7, 7, 6, 3)]
+    assert u_params["ScalarMLP_0"]["Dense_0"]["kernel"].shape[0] == 7 * 7 * 3 + 1  # 28 → 14 → 7, 3 ch ⊕ t
 
 
 @pytest.mark.parametrize("form", ["scalar", "pixel"])
@@ -186,3 +192,35 @@ max's switches), let it exceed F (design.md §13)."""
         assert rank > features, (rank, singular[:30])
     else:
         assert 0 < rank <= features, (rank, singular[:10])
+
+
+def test_film_starts_as_the_concat_network_and_scales_and_shifts_each_hidden_layer():
+    """potential_time_conditioning="film": hidden pre-activations z_i become z_i ⊙ (1 + γ_i(t)) + β_i(t) with
+    (γ_i, β_i) linear in the sin/cos features of t/T; zero-initialised, so U starts as the concat network."""
+    import dataclasses
+
+    from w12_jax.config import Config
+    from w12_jax.networks import make_potential, time_embedding
+
+    cfg = dataclasses.replace(Config(), data_shape=(3,), architecture="mlp", potential_hidden=(6,),
+                              potential_activation="silu")
+    film = dataclasses.replace(cfg, potential_time_conditioning="film")
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+    t = jnp.array([0.0, 1.0, 2.5, 5.0])
+    params = make_potential(film).init(jax.random.PRNGKey(1), x, t)
+    mlp = params["params"]["ScalarMLP_0"]
+    bare = {"params": {"ScalarMLP_0": {k: v for k, v in mlp.items() if not k.startswith("FiLM")}}}
+    np.testing.assert_allclose(make_potential(film).apply(params, x, t), make_potential(cfg).apply(bare, x, t),
+                               rtol=1e-6)
+    e = time_embedding(t, cfg.T)
+    np.testing.assert_allclose(e[:, 0], jnp.sin(jnp.pi * t / cfg.T), atol=1e-6)  # k = 1, s = t/T
+    w = jax.random.normal(jax.random.PRNGKey(2), mlp["FiLM_0"]["kernel"].shape)
+    params["params"]["ScalarMLP_0"]["FiLM_0"]["kernel"] = w
+    gamma, beta = jnp.split(e @ w, 2, axis=-1)
+    dense0, head = mlp["Dense_0"], mlp["Dense_1"]
+    z = jnp.concatenate([x, t[:, None]], axis=-1) @ dense0["kernel"] + dense0["bias"][None, :]
+    expected = nn.silu(z * (1 + gamma) + beta) @ head["kernel"][:, 0] + head["bias"][0]  # (4,)
+    np.testing.assert_allclose(make_potential(film).apply(params, x, t), expected, rtol=1e-5, atol=1e-6)
+    from w12_jax.config import ConfigError
+    with pytest.raises(ConfigError, match="the direct velocity field .* reads t by concatenation only"):
+        dataclasses.replace(film, velocity_field="direct", objective="otcfm")

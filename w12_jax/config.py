@@ -122,8 +122,12 @@ class Config:
     # depends on every pixel of x0, not only on its pooled features (design.md §13)
     raw_pixels: bool = False
     # U's conv layers: activation and 2×2 pool ("max" or "avg"); the paper's relu and max make U piecewise linear
+    potential_conv_channels: tuple[int, ...] = ()  # U's conv channels; () = conv_channels (shared with phi)
     potential_conv_activation: str = "relu"
     potential_conv_pool: str = "max"
+    # how U's MLP sees t: appended to its input ("concat", the paper's), or also scaling and shifting each hidden
+    # layer from sin/cos features of t/T ("film"), so that ∇U(·, 0), the one-step map, can differ from later times
+    potential_time_conditioning: str = "concat"
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
@@ -186,6 +190,7 @@ def _validate(cfg: Config) -> None:
     _one_of("potential_activation", cfg.potential_activation, ACTIVATIONS)
     _one_of("potential_conv_activation", cfg.potential_conv_activation, ACTIVATIONS)
     _one_of("potential_conv_pool", cfg.potential_conv_pool, ("max", "avg"))
+    _one_of("potential_time_conditioning", cfg.potential_time_conditioning, ("concat", "film"))
     _one_of("discriminator_activation", cfg.discriminator_activation, ACTIVATIONS)
     _one_of("reference", cfg.reference, REFERENCES)
     _one_of("objective", cfg.objective, OBJECTIVES)
@@ -194,6 +199,9 @@ def _validate(cfg: Config) -> None:
     if cfg.velocity_field == "direct" and cfg.objective == "mfg" and cfg.hj_weight:
         raise ConfigError("hj_weight needs the potential U (velocity_field='potential'): the HJ residual "
                           "∂tU − |∇U|²/(2 lam) has no counterpart for a direct velocity field")
+    if cfg.potential_time_conditioning == "film" and cfg.velocity_field == "direct":
+        raise ConfigError("potential_time_conditioning='film' conditions the potential U's MLP; the direct "
+                          "velocity field (velocity_field='direct') reads t by concatenation only")
     if cfg.raw_pixels and cfg.architecture != "conv":
         raise ConfigError("raw_pixels adds the pixels to the conv features; the mlp architecture reads them already")
     _one_of("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
@@ -240,7 +248,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("embed_dim and num_samples must be >= 0")
     if not cfg.data_shape or any(s < 1 for s in cfg.data_shape):
         raise ConfigError(f"data_shape must be positive sizes, got {cfg.data_shape}")
-    if any(s < 1 for s in cfg.potential_hidden + cfg.discriminator_hidden + cfg.conv_channels):
+    if any(s < 1 for s in cfg.potential_hidden + cfg.discriminator_hidden + cfg.conv_channels
+           + cfg.potential_conv_channels):
         raise ConfigError("layer sizes must be >= 1")
     for name in ("architecture", "discriminator_architecture"):
         if getattr(cfg, name) == "conv" and len(cfg.data_shape) != 3:

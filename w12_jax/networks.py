@@ -106,17 +106,34 @@ class ConvFeatures(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
+TIME_FREQUENCIES = 8  # of the FiLM time embedding
+
+
+def time_embedding(t, T: float, frequencies: int = TIME_FREQUENCIES):
+    """[sin(πks), cos(πks)]_{k=1..n}, s = t/T: t (B,) -> (B, 2n)."""
+    s = jnp.reshape(t, (-1, 1)) / T
+    k = jnp.arange(1, frequencies + 1, dtype=s.dtype)[None, :]
+    return jnp.concatenate([jnp.sin(jnp.pi * k * s), jnp.cos(jnp.pi * k * s)], axis=-1)
+
+
 class ScalarMLP(nn.Module):
-    """(B, F) -> (B,): hidden Dense layers with `activation`, then a linear scalar head."""
+    """(B, F) -> (B,): hidden Dense layers with `activation`, then a linear scalar head. Given `film` (B, E), a
+    time embedding, each hidden pre-activation z becomes z ⊙ (1 + γ_i) + β_i with (γ_i, β_i) = Dense_i(film),
+    zero-initialised (FiLM): at initialisation the same function as without it."""
 
     hidden: Sequence[int]
     activation: str
 
     @nn.compact
-    def __call__(self, h):
+    def __call__(self, h, film=None):
         act = ACTIVATION_FNS[self.activation]
-        for width in self.hidden:
-            h = act(nn.Dense(width)(h))
+        for i, width in enumerate(self.hidden):
+            z = nn.Dense(width)(h)
+            if film is not None:
+                gamma, beta = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros,
+                                                 name=f"FiLM_{i}")(film.astype(z.dtype)), 2, axis=-1)
+                z = z * (1.0 + gamma) + beta
+            h = act(z)
         return nn.Dense(1)(h)[:, 0]
 
 
@@ -165,6 +182,7 @@ class FlowNetwork(nn.Module):
     raw_pixels: bool = False  # the MLP reads the flattened x beside the conv features (design.md §13)
     conv_activation: str = "relu"  # of the conv layers (the paper's relu: U piecewise linear, design.md §13)
     conv_pool: str = "max"  # of the conv layers: "max" (the paper's) or "avg"
+    time_conditioning: str = "concat"  # t appended to the MLP's input, or also "film" of its hidden layers
 
 
 def time_to_go(t, T: float):
@@ -180,7 +198,8 @@ class Potential(FlowNetwork):
 
     @nn.compact
     def __call__(self, x, t):
-        u = ScalarMLP(self.hidden, self.activation)(features_and_time(self, x, t))
+        film = time_embedding(t, self.T) if self.time_conditioning == "film" else None
+        u = ScalarMLP(self.hidden, self.activation)(features_and_time(self, x, t), film)
         if self.identity_path == "none":
             return u
         flat = x.reshape(x.shape[0], -1)
@@ -230,11 +249,11 @@ class Discriminator(nn.Module):
 
 def flow_network_of(cls: type[FlowNetwork], config: Config) -> FlowNetwork:
     """`cls` (Potential or VelocityField) with the fields `config` gives the flow network."""
-    conv = config.conv_channels if config.architecture == "conv" else ()
+    conv = (config.potential_conv_channels or config.conv_channels) if config.architecture == "conv" else ()
     return cls(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
                config.conv_space_to_depth, config.identity_path, config.T, config.lam,
                raw_pixels=config.raw_pixels, conv_activation=config.potential_conv_activation,
-               conv_pool=config.potential_conv_pool)
+               conv_pool=config.potential_conv_pool, time_conditioning=config.potential_time_conditioning)
 
 
 def make_potential(config: Config) -> Potential:
