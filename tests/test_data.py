@@ -381,3 +381,25 @@ def test_sample_batches_bad_arguments():
         sample_batches(x[:0], seed=0, step=0, num_batches=1, batch_size=2)
     with pytest.raises(DataError, match="num_batches"):
         sample_batches(x, seed=0, step=0, num_batches=0, batch_size=2)
+
+
+def test_block_reference_is_one_uniform_draw_per_block():
+    """reference_block b: x0 is constant on b×b blocks, whose values are U[low, high] (mean and variance within
+    5 standard errors); b = 1 is the plain per-pixel draw; a b that does not divide the image is refused."""
+    import jax
+
+    from w12_jax.config import Config, ConfigError
+    from w12_jax.reference import sample_reference
+
+    key = jax.random.PRNGKey(0)
+    x0 = np.asarray(sample_reference(Config(reference_block=4), key, (64,)))
+    assert x0.shape == (64, 28, 28, 1)
+    blocks = x0.reshape(64, 7, 4, 7, 4, 1)
+    np.testing.assert_array_equal(blocks, np.broadcast_to(blocks[:, :, :1, :, :1], blocks.shape))
+    values = blocks[:, :, 0, :, 0].ravel()  # 64·49 draws of U[0, 0.5]: mean 0.25, variance 0.5²/12
+    assert abs(values.mean() - 0.25) < 5 * 0.5 / np.sqrt(12 * values.size)
+    # the sample variance's sd is σ²√(0.8/n) for a uniform: (μ4 − σ⁴)/σ⁴ = 144/80 − 1 = 0.8
+    assert abs(values.var() - 0.25 / 12) < 5 * 0.25 / 12 * np.sqrt(0.8 / values.size)
+    assert np.unique(np.asarray(sample_reference(Config(), key, (2,)))).size == 2 * 784
+    with pytest.raises(ConfigError, match="reference_block must be >= 1 and divide"):
+        Config(reference_block=3)
