@@ -57,8 +57,11 @@ MNIST_METHODS = {
     "otcfm": ("OT-CFM, potential", get_preset("mnist5k-otcfm")),
     "w1w2-cfm600": ("W1⊕W2 (ReLU) + OT-CFM kept (cfm_weight 1), 600 iterations", dataclasses.replace(
         MAIN_RELU, cfm_weight=1.0, iterations=600)),
+    "w1w2-block2": ("W1⊕W2, the main job from a 2×2-block reference (reference_block 2)",
+                    dataclasses.replace(MAIN_JOB, reference_block=2)),
 }
-FIXED_ITERATIONS = ("main", "w1w2-silu", "w1w2-relu", "w1w2-cfm600")  # trained for their config's iterations
+# trained for their config's iterations
+FIXED_ITERATIONS = ("main", "w1w2-silu", "w1w2-relu", "w1w2-cfm600", "w1w2-block2")
 # the CPU budget of every other method: the ReLU main job's 2180 iterations, which the main job matches within
 # the rounding to hundreds of iterations that every method gets (1900 iterations of the smooth potential)
 BUDGET_METHOD = "w1w2-relu"
@@ -67,6 +70,11 @@ DEFAULT_METHODS = ("main", YARDSTICK_METHOD)
 DEFAULT_SEEDS = (0, 1, 2)
 LOWDIM_METHODS = {"w1w2": "W1⊕W2", "cfm": "I-CFM", "otcfm": "OT-CFM"}  # preset suffixes
 MNIST_RUNS = os.path.join(RUNS, "compare", "mnist")
+
+
+def reference_of(cfg: Config) -> tuple:
+    """The fields that fix x0's distribution: flows that share them are scored from the same x0."""
+    return (cfg.reference, cfg.reference_low, cfg.reference_high, cfg.reference_scale, cfg.reference_block)
 
 
 def rates(methods, stored: dict | None = None) -> dict[str, float]:
@@ -155,7 +163,7 @@ def mnist(args, previous: dict | None = None) -> tuple[dict, dict]:
     classifier, accuracy = load_or_train_classifier()
     dataset = load_config_dataset(MAIN_JOB)  # the fixed split: one reference for every seed and method
     quality = digit_quality(classifier, accuracy, dataset)
-    runs, grids, x0 = {}, {}, None
+    runs, grids, x0s = {}, {}, {}
     for method in args.methods:
         for seed in args.seeds:
             cfg, workdir = run_config(method, seed, per_it)
@@ -170,8 +178,10 @@ def mnist(args, previous: dict | None = None) -> tuple[dict, dict]:
                 runs[name] = {"method": method, "seed": seed, "iterations": cfg.iterations, "status": status}
                 continue
             params = state.potential_ema
-            if x0 is None:  # the same x0 (PRNGKey(0)) for every flow
-                x0, _ = generate(cfg, params, args.n, num_steps=1)
+            reference = reference_of(cfg)
+            if reference not in x0s:  # the same x0 (PRNGKey(0)) for every flow from the same reference
+                x0s[reference], _ = generate(cfg, params, args.n, num_steps=1)
+            x0 = x0s[reference]
             report = measure(workdir, cfg, state, x0, quality)
             runs[name] = {"method": method, "seed": seed, "iterations": cfg.iterations, "config": cfg.to_dict(),
                           "status": status, "seconds_at_side_by_side_rate": cfg.iterations * per_it[method],
@@ -261,7 +271,8 @@ def mnist_text(results: dict) -> str:
         f"take that budget at the rates measured side by side in one process ("
         + ", ".join(f"{m} {s:.4f} s" for m, s in per_it.items())
         + f" per iteration; budget {results['budget_seconds']:.0f} s). Every flow is scored on {n} samples from "
-        f"the same x0 against the {results['heldout']} held-out digits of the fixed split (no run trains on them), "
+        f"the same x0 (one draw per reference distribution) against the {results['heldout']} held-out digits of "
+        f"the fixed split (no run trains on them), "
         f"in the features of the project's digit classifier (trained on the training part only).\n\n"
         f"Cells: mean ± sd over the seeds [95 % Student-t interval of the mean]. A method is called ahead only "
         f"where those intervals do not overlap.\n\n### Fréchet distance\n\n"
@@ -359,6 +370,12 @@ def main(argv=None):
                               os.path.join(args.out, "digits.png"))
         else:
             print(f"digits.png left as it is: the first seed of {len(args.methods) - len(grids)} method(s) was reused")
+            if grids:  # the methods trained here get their own figure
+                drawn = [m for m in args.methods if any(k.startswith(MNIST_METHODS[m][0] + ", seed ") for k in grids)]
+                added = os.path.join(args.out, "digits-" + "-".join(drawn) + ".png")
+                digit_rows_figure({lab: [grids[m][i] for m in grids] for i, lab in enumerate(labels)}, list(grids),
+                                  added)
+                print(f"wrote {added}")
     if not args.skip_lowdim:
         results["lowdim"] = lowdim(args)
     text = (f"# W1⊕W2 against flow matching\n\nCommand (each part can be rerun alone): "
