@@ -59,6 +59,8 @@ MNIST_METHODS = {
         MAIN_RELU, cfm_weight=1.0, iterations=600)),
     "w1w2-block2": ("W1⊕W2, the main job from a 2×2-block reference (reference_block 2)",
                     dataclasses.replace(MAIN_JOB, reference_block=2)),
+    "otcfm-direct-silu-block2": ("OT-CFM, direct velocity field, silu, from the 2×2-block reference",
+                                 dataclasses.replace(YARDSTICK, reference_block=2)),
 }
 # trained for their config's iterations
 FIXED_ITERATIONS = ("main", "w1w2-silu", "w1w2-relu", "w1w2-cfm600", "w1w2-block2")
