@@ -98,7 +98,7 @@ def test_config_docstring_names_the_runs_its_defaults_are():
     listed = doc[doc.index("`presets.MAIN`:"):]
     assert changed and all(name in listed for name in changed)
     assert changed == {"batch_size", "n_critic", "lr_potential", "lr_discriminator", "gp_weight",
-                       "velocity_weight", "potential_activation", "ema_decay", "iterations", "checkpoint_every",
-                       "sample_every"}
+                       "velocity_weight", "potential_activation", "ema_decay", "reference_block", "iterations",
+                       "checkpoint_every", "sample_every"}
     starred = {line.split(":")[0].strip() for line in inspect.getsource(Config).splitlines() if "# ★" in line}
     assert starred == set(START_HERE) and len(START_HERE) == 10

@@ -52,7 +52,8 @@ class Config:
     Config() is the paper's MNIST W1⊕W2 run (design.md §6; preset `mnist-w1w2`, 5000 iterations of B = 200,
     n_D = 5). `w12 train` with no preset runs the main job, `presets.MAIN`: Config() with batch_size 100,
     n_critic 2, lr_potential and lr_discriminator 1e-3, gp_weight 5, velocity_weight 50,
-    potential_activation silu, ema_decay 0.99, iterations 1900, checkpoint_every and sample_every 600.
+    potential_activation silu, ema_decay 0.99, reference_block 2, iterations 1900, checkpoint_every and
+    sample_every 600.
     """
 
     # data and reference distribution rho_0

@@ -36,15 +36,17 @@ MNIST_DIVERGING = dataclasses.replace(MNIST, iterations=200, checkpoint_every=50
 # velocity-consistency penalty (design.md §11) at the CPU time of 2400 iterations without it (MAIN_RELU, the
 # main job until 2026-12-02), and silu in U's MLP: a smooth U, so that an Euler step is not a translation of
 # x0 (design.md §13), at the same CPU time (1900 iterations); samples from an EMA of U's parameters (decay
-# 0.99, ~100 iterations), since the last iterate swings from one checkpoint to the next. Why each value:
+# 0.99, ~100 iterations), since the last iterate swings from one checkpoint to the next; x0 drawn on 2×2 pixel
+# blocks (reference_block 2: no per-pixel speckle for one step to carry, design.md §13). Why each value:
 # experiments/results/main_job/README.md.
 MAIN_PLAIN = dataclasses.replace(MNIST, batch_size=100, n_critic=2, lr_potential=1e-3, lr_discriminator=1e-3,
                                  gp_weight=5.0, iterations=2400, checkpoint_every=600, sample_every=600)
 MAIN_RELU = dataclasses.replace(MAIN_PLAIN, velocity_weight=50.0, iterations=2180)
-MAIN = dataclasses.replace(MAIN_RELU, potential_activation="silu", ema_decay=0.99, iterations=1900)
+MAIN_UNIFORM = dataclasses.replace(MAIN_RELU, potential_activation="silu", ema_decay=0.99, iterations=1900)
+MAIN = dataclasses.replace(MAIN_UNIFORM, reference_block=2)
 MAIN_DESCRIPTION = ("main job: W1⊕W2 on mnist5k, the paper's conv networks with silu in U's MLP, B = 100, "
                     "n_D = 2, lr 1e-3, gp_weight 5, velocity_weight 50, samples from an EMA (0.99) of U, "
-                    "1900 iterations (~10 CPU minutes)")
+                    "x0 on 2×2 blocks, 1900 iterations (~10 CPU minutes)")
 # ------------------------------------------------------------------------------------------------
 # Flow matching of the same conv network (design.md §11), the yardstick of experiments.compare: one
 # regression step per iteration on B = 100 pairs, Adam(0.9, 0.999) at lr 5e-4 as for any regression
