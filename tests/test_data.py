@@ -403,3 +403,5 @@ def test_block_reference_is_one_uniform_draw_per_block():
     assert np.unique(np.asarray(sample_reference(Config(), key, (2,)))).size == 2 * 784
     with pytest.raises(ConfigError, match="reference_block must be >= 1 and divide"):
         Config(reference_block=3)
+    vectors = Config(data_shape=(2,), architecture="mlp", reference="gaussian", reference_block=2)
+    assert np.unique(np.asarray(sample_reference(vectors, key, (3,)))).size == 6  # vectors ignore the blocks

@@ -67,7 +67,8 @@ class Config:
     reference_low: float = 0.0
     reference_high: float = 0.5
     reference_scale: float = 1.0  # std of the gaussian reference
-    reference_block: int = 1  # b > 1: x0 drawn on the (H/b, W/b) grid and repeated over b×b blocks (images)
+    reference_block: int = 1  # b > 1: x0 drawn on the (H/b, W/b) grid and repeated over b×b blocks (images only;
+    # vectors ignore it, own images it does not divide get 1)
     # the problem: min_v D_f^{Gamma_L}(rho_T || pi) + lam * int E|v|^2/2 dt
     T: float = 5.0  # ★ the flow's time horizon
     dt: float = 1.0  # ★ Euler step h; K = T / h steps
@@ -204,8 +205,8 @@ def _validate(cfg: Config) -> None:
     if cfg.potential_time_conditioning == "film" and cfg.velocity_field == "direct":
         raise ConfigError("potential_time_conditioning='film' conditions the potential U's MLP; the direct "
                           "velocity field (velocity_field='direct') reads t by concatenation only")
-    if cfg.reference_block < 1 or (cfg.reference_block > 1 and (
-            len(cfg.data_shape) != 3 or any(n % cfg.reference_block for n in cfg.data_shape[:2]))):
+    if cfg.reference_block < 1 or (cfg.reference_block > 1 and len(cfg.data_shape) == 3 and any(
+            n % cfg.reference_block for n in cfg.data_shape[:2])):
         raise ConfigError(f"reference_block must be >= 1 and divide the image's height and width, got "
                           f"{cfg.reference_block} for data_shape={cfg.data_shape}")
     if cfg.raw_pixels and cfg.architecture != "conv":

@@ -319,7 +319,9 @@ def configure_own_data(config: Config) -> tuple[Config, str]:
         discriminator_architecture="same", reference=ds.reference,
         reference_low=ds.reference_low if images else config.reference_low,
         reference_high=ds.reference_high if images else config.reference_high,
-        embed_dim=0, num_samples=0, data_hash=data_fingerprint(config.dataset))
+        embed_dim=0, num_samples=0, data_hash=data_fingerprint(config.dataset),
+        reference_block=config.reference_block if images and not any(
+            n % config.reference_block for n in ds.sample_shape[:2]) else 1)
     shape = "×".join(map(str, ds.sample_shape))
     what = (f"images {shape} scaled to [0, 1]; conv potential and discriminator; reference U[0, 0.5]" if images
             else f"vectors in R^{shape}; MLP potential and discriminator; reference N(0, I)")
