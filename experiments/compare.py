@@ -367,17 +367,14 @@ def main(argv=None):
             previous = {**results["mnist"], "revision": results.get("versions", {}).get("git_revision")}
         results["mnist"], grids = mnist(args, previous)
         labels = [label for label, _ in mnist_samplers(5.0)]
-        if len(grids) == len(args.methods):
+        drawn = [m for m in args.methods if f"{MNIST_METHODS[m][0]}, seed {args.seeds[0]}" in grids]
+        if len(drawn) < len(args.methods):
+            print(f"digits.png left as it is: the first seed of {len(args.methods) - len(drawn)} method(s) was reused")
+        if drawn:  # every method: digits.png; else the methods trained here get their own digits-<methods>.png
+            figure = "digits.png" if len(drawn) == len(args.methods) else "digits-" + "-".join(drawn) + ".png"
             digit_rows_figure({lab: [grids[m][i] for m in grids] for i, lab in enumerate(labels)}, list(grids),
-                              os.path.join(args.out, "digits.png"))
-        else:
-            print(f"digits.png left as it is: the first seed of {len(args.methods) - len(grids)} method(s) was reused")
-            if grids:  # the methods trained here get their own figure
-                drawn = [m for m in args.methods if any(k.startswith(MNIST_METHODS[m][0] + ", seed ") for k in grids)]
-                added = os.path.join(args.out, "digits-" + "-".join(drawn) + ".png")
-                digit_rows_figure({lab: [grids[m][i] for m in grids] for i, lab in enumerate(labels)}, list(grids),
-                                  added)
-                print(f"wrote {added}")
+                              os.path.join(args.out, figure))
+            print(f"wrote {figure}")
     if not args.skip_lowdim:
         results["lowdim"] = lowdim(args)
     text = (f"# W1⊕W2 against flow matching\n\nCommand (each part can be rerun alone): "

@@ -186,6 +186,11 @@ def _positive(cfg, *names):
             raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
 
 
+def blocks_tile(block: int, image_shape: tuple[int, ...]) -> bool:
+    """True iff block×block pixel blocks tile an image of shape (H, W, C): block divides H and W."""
+    return not any(n % block for n in image_shape[:2])
+
+
 def _validate(cfg: Config) -> None:
     _one_of("divergence", cfg.divergence, DIVERGENCES)
     _one_of("architecture", cfg.architecture, ARCHITECTURES)
@@ -205,8 +210,8 @@ def _validate(cfg: Config) -> None:
     if cfg.potential_time_conditioning == "film" and cfg.velocity_field == "direct":
         raise ConfigError("potential_time_conditioning='film' conditions the potential U's MLP; the direct "
                           "velocity field (velocity_field='direct') reads t by concatenation only")
-    if cfg.reference_block < 1 or (cfg.reference_block > 1 and len(cfg.data_shape) == 3 and any(
-            n % cfg.reference_block for n in cfg.data_shape[:2])):
+    if cfg.reference_block < 1 or (len(cfg.data_shape) == 3 and not blocks_tile(cfg.reference_block,
+                                                                               cfg.data_shape)):
         raise ConfigError(f"reference_block must be >= 1 and divide the image's height and width, got "
                           f"{cfg.reference_block} for data_shape={cfg.data_shape}")
     if cfg.raw_pixels and cfg.architecture != "conv":

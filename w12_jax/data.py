@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from w12_jax.config import REFERENCES, Config, ConfigError
+from w12_jax.config import REFERENCES, Config, ConfigError, blocks_tile
 from w12_jax.data_files import (ARRAY_SUFFIXES, DataError, data_fingerprint, load_idx_dir, one_line,
                                 read_user_data, scale_images)
 from w12_jax.toy_data import TOY_GENERATORS
@@ -320,8 +320,8 @@ def configure_own_data(config: Config) -> tuple[Config, str]:
         reference_low=ds.reference_low if images else config.reference_low,
         reference_high=ds.reference_high if images else config.reference_high,
         embed_dim=0, num_samples=0, data_hash=data_fingerprint(config.dataset),
-        reference_block=config.reference_block if images and not any(
-            n % config.reference_block for n in ds.sample_shape[:2]) else 1)
+        reference_block=config.reference_block if images and blocks_tile(config.reference_block, ds.sample_shape)
+        else 1)
     shape = "×".join(map(str, ds.sample_shape))
     what = (f"images {shape} scaled to [0, 1]; conv potential and discriminator; reference U[0, 0.5]" if images
             else f"vectors in R^{shape}; MLP potential and discriminator; reference N(0, I)")
