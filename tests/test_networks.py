@@ -224,3 +224,39 @@ def test_film_starts_as_the_concat_network_and_scales_and_shifts_each_hidden_lay
     from w12_jax.config import ConfigError
     with pytest.raises(ConfigError, match="the direct velocity field .* reads t by concatenation only"):
         dataclasses.replace(film, velocity_field="direct", objective="otcfm")
+
+
+def test_heads_join_by_a_soft_maximum_whose_gradient_is_the_leading_heads():
+    """potential_heads=M: U = τ log Σ_k exp(u_k/τ) over M linear heads u_k of the MLP, so max_k u_k ≤ U ≤
+    max_k u_k + τ log M, and at small τ, ∇U is the gradient of the head that leads (a switch, not a blend)."""
+    import dataclasses
+
+    from w12_jax.config import Config, ConfigError
+    from w12_jax.networks import make_potential
+
+    heads, tau = 3, 1e-4
+    cfg = dataclasses.replace(Config(), data_shape=(3,), architecture="mlp", potential_hidden=(6,),
+                              potential_activation="silu", potential_heads=heads, potential_head_temperature=tau)
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    t = jnp.linspace(0.0, 5.0, 8)
+    params = make_potential(cfg).init(jax.random.PRNGKey(1), x, t)
+    mlp = params["params"]["ScalarMLP_0"]
+
+    def head_values(x):  # (B, M): u_k(x, t) from the parameters by hand
+        z = nn.silu(jnp.concatenate([x, t[:, None]], axis=-1) @ mlp["Dense_0"]["kernel"]
+                    + mlp["Dense_0"]["bias"][None, :])
+        return z @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"][None, :]
+
+    potential = make_potential(cfg)
+    u, top = head_values(x), head_values(x).max(-1)
+    assert mlp["Dense_1"]["kernel"].shape == (6, heads)
+    U = potential.apply(params, x, t)
+    assert jnp.all(U >= top - 1e-6) and jnp.all(U <= top + tau * np.log(heads) + 1e-6)
+    gap = jnp.sort(u, axis=-1)[:, -1] - jnp.sort(u, axis=-1)[:, -2]
+    assert jnp.all(gap > 20 * tau), gap  # each x has one clear leader at this τ
+    grad_U = jax.grad(lambda x: potential.apply(params, x, t).sum())(x)
+    leader = jnp.argmax(u, axis=-1)
+    grad_leader = jax.grad(lambda x: jnp.take_along_axis(head_values(x), leader[:, None], -1).sum())(x)
+    np.testing.assert_allclose(grad_U, grad_leader, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="one d-dimensional head"):
+        dataclasses.replace(cfg, velocity_field="direct", objective="otcfm")

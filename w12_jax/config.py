@@ -131,6 +131,10 @@ class Config:
     # how U's MLP sees t: appended to its input ("concat", the paper's), or also scaling and shifting each hidden
     # layer from sin/cos features of t/T ("film"), so that ∇U(·, 0), the one-step map, can differ from later times
     potential_time_conditioning: str = "concat"
+    # U's MLP head: M scalar heads joined by a soft maximum, U = τ log Σ_k exp(u_k/τ) (M = 1: the paper's one
+    # linear head), so that ∇U(·, 0), the one-step map, can switch between digits instead of blending them
+    potential_heads: int = 1
+    potential_head_temperature: float = 0.01  # τ, in units of U (|∇U| ≈ 0.1 in the main job)
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
@@ -207,6 +211,12 @@ def _validate(cfg: Config) -> None:
     if cfg.velocity_field == "direct" and cfg.objective == "mfg" and cfg.hj_weight:
         raise ConfigError("hj_weight needs the potential U (velocity_field='potential'): the HJ residual "
                           "∂tU − |∇U|²/(2 lam) has no counterpart for a direct velocity field")
+    if cfg.potential_heads < 1 or not cfg.potential_head_temperature > 0:
+        raise ConfigError(f"potential_heads must be >= 1 and potential_head_temperature > 0, got "
+                          f"{cfg.potential_heads} and {cfg.potential_head_temperature}")
+    if cfg.potential_heads > 1 and cfg.velocity_field == "direct":
+        raise ConfigError("potential_heads joins scalar heads of the potential U; the direct velocity field "
+                          "(velocity_field='direct') has one d-dimensional head")
     if cfg.potential_time_conditioning == "film" and cfg.velocity_field == "direct":
         raise ConfigError("potential_time_conditioning='film' conditions the potential U's MLP; the direct "
                           "velocity field (velocity_field='direct') reads t by concatenation only")

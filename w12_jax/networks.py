@@ -119,10 +119,14 @@ def time_embedding(t, T: float, frequencies: int = TIME_FREQUENCIES):
 class ScalarMLP(nn.Module):
     """(B, F) -> (B,): hidden Dense layers with `activation`, then a linear scalar head. Given `film` (B, E), a
     time embedding, each hidden pre-activation z becomes z ⊙ (1 + γ_i) + β_i with (γ_i, β_i) = Dense_i(film),
-    zero-initialised (FiLM): at initialisation the same function as without it."""
+    zero-initialised (FiLM): at initialisation the same function as without it. With heads M > 1 the head is
+    M linear outputs u_k joined by a soft maximum, τ log Σ_k exp(u_k/τ) (τ = temperature): its gradient
+    Σ_k softmax(u/τ)_k ∇u_k switches between the heads' gradients where one head overtakes another."""
 
     hidden: Sequence[int]
     activation: str
+    heads: int = 1
+    temperature: float = 1.0
 
     @nn.compact
     def __call__(self, h, film=None):
@@ -134,7 +138,10 @@ class ScalarMLP(nn.Module):
                                                  name=f"FiLM_{i}")(film.astype(z.dtype)), 2, axis=-1)
                 z = z * (1.0 + gamma) + beta
             h = act(z)
-        return nn.Dense(1)(h)[:, 0]
+        if self.heads == 1:
+            return nn.Dense(1)(h)[:, 0]
+        u = nn.Dense(self.heads)(h)
+        return self.temperature * jax.nn.logsumexp(u / self.temperature, axis=-1)
 
 
 def features_and_time(module, x, t):
@@ -183,6 +190,8 @@ class FlowNetwork(nn.Module):
     conv_activation: str = "relu"  # of the conv layers (the paper's relu: U piecewise linear, design.md §13)
     conv_pool: str = "max"  # of the conv layers: "max" (the paper's) or "avg"
     time_conditioning: str = "concat"  # t appended to the MLP's input, or also "film" of its hidden layers
+    heads: int = 1  # of U's MLP: M > 1 joins M scalar heads by a soft maximum at `head_temperature`
+    head_temperature: float = 1.0
 
 
 def time_to_go(t, T: float):
@@ -199,7 +208,8 @@ class Potential(FlowNetwork):
     @nn.compact
     def __call__(self, x, t):
         film = time_embedding(t, self.T) if self.time_conditioning == "film" else None
-        u = ScalarMLP(self.hidden, self.activation)(features_and_time(self, x, t), film)
+        u = ScalarMLP(self.hidden, self.activation, self.heads, self.head_temperature)(features_and_time(self, x, t),
+                                                                                      film)
         if self.identity_path == "none":
             return u
         flat = x.reshape(x.shape[0], -1)
@@ -253,7 +263,8 @@ def flow_network_of(cls: type[FlowNetwork], config: Config) -> FlowNetwork:
     return cls(config.potential_hidden, config.potential_activation, conv, config.conv_kernel,
                config.conv_space_to_depth, config.identity_path, config.T, config.lam,
                raw_pixels=config.raw_pixels, conv_activation=config.potential_conv_activation,
-               conv_pool=config.potential_conv_pool, time_conditioning=config.potential_time_conditioning)
+               conv_pool=config.potential_conv_pool, time_conditioning=config.potential_time_conditioning,
+               heads=config.potential_heads, head_temperature=config.potential_head_temperature)
 
 
 def make_potential(config: Config) -> Potential:
