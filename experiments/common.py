@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import jax
 
+from w12_jax.checkpoint import CheckpointError, Checkpointer
 from w12_jax.config import Config
 from w12_jax.evaluation import measure_samplers
 from w12_jax.loop import TrainingDiverged, train_and_evaluate
@@ -27,6 +28,20 @@ def train_or_diverge(config: Config, workdir: str):
         return train_and_evaluate(config, workdir, resume=resume, progress=True), "trained"
     except TrainingDiverged as e:
         return None, str(e)
+
+
+def restore_digit_run(workdir: str, experiment: str):
+    """(state, config) of the latest checkpoint in workdir/checkpoints; SystemExit naming the problem when there is
+    none or the run's samples are not images (`experiment` scores digits)."""
+    try:
+        with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+            state, cfg = ckpt.restore()
+    except CheckpointError as e:
+        raise SystemExit(f"--workdir: {e}") from None
+    if len(cfg.data_shape) != 3:
+        raise SystemExit(f"{workdir}: the {experiment} experiment scores digits; this run's samples have shape "
+                         f"{tuple(cfg.data_shape)}")
+    return state, cfg
 
 
 def versions() -> dict:

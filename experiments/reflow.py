@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from experiments.common import DIGIT_HEADER, RESULTS, command_line, digit_cells, digit_floor_text, digit_quality, \
-    digit_rows_figure, machine, markdown_table, measured, write_results
-from w12_jax.checkpoint import CheckpointError, Checkpointer
+    digit_rows_figure, machine, markdown_table, measured, restore_digit_run, write_results
+from w12_jax.checkpoint import Checkpointer
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.data import load_config_dataset
 from w12_jax.evaluation import few_step_samplers, sampler_samples
@@ -45,14 +45,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     workdir = args.workdir.rstrip("/")
-    try:
-        with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-            state, cfg = ckpt.restore()
-    except CheckpointError as e:
-        raise SystemExit(f"--workdir: {e}") from None
-    if len(cfg.data_shape) != 3:
-        raise SystemExit(f"{workdir}: the reflow experiment scores digits; this run's samples have shape "
-                         f"{tuple(cfg.data_shape)}")
+    state, cfg = restore_digit_run(workdir, "reflow")
 
     start = time.perf_counter()
     x0_pairs, x1_pairs = reflow_pairs(cfg, state.potential_ema, args.pairs, seed=args.seed, solver="euler",

@@ -21,8 +21,8 @@ import sys
 import jax
 import numpy as np
 
-from experiments.common import RESULTS, command_line, digit_rows_figure, machine, markdown_table, write_results
-from w12_jax.checkpoint import CheckpointError, Checkpointer
+from experiments.common import RESULTS, command_line, digit_rows_figure, machine, markdown_table, \
+    restore_digit_run, write_results
 from w12_jax.classifier import classifier_apply, load_or_train_classifier
 from w12_jax.data import load_config_dataset
 from w12_jax.evaluation import DOPRI5
@@ -78,14 +78,7 @@ def main(argv=None):
     if args.pairs < 1 or args.points < 3:
         raise SystemExit(f"--pairs must be >= 1 and --points >= 3, got {args.pairs} and {args.points}")
     workdir = args.workdir.rstrip("/")
-    try:
-        with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-            state, cfg = ckpt.restore()
-    except CheckpointError as e:
-        raise SystemExit(f"--workdir: {e}") from None
-    if len(cfg.data_shape) != 3:
-        raise SystemExit(f"{workdir}: the segments experiment scores digits; this run's samples have shape "
-                         f"{tuple(cfg.data_shape)}")
+    state, cfg = restore_digit_run(workdir, "segments")
     classifier, accuracy = load_or_train_classifier()
     held = load_config_dataset(cfg).heldout
     _, held_confidence = classes_and_confidence(classifier, held)
@@ -95,6 +88,7 @@ def main(argv=None):
     flat = x.reshape((-1,) + x.shape[2:])
     network = make_flow_network(cfg)
     results, rows, grids = {}, [], {f"segment {j}": [] for j in range(min(SHOWN, args.pairs))}
+    shown = np.linspace(0, args.points - 1, 11).round().astype(int)  # s = 0, 0.1, ..., 1 in the figure
     for label, kwargs in SAMPLERS:
         mapped = np.asarray(sample(network, state.potential_ema, flat, T=cfg.T, lam=cfg.lam, **kwargs).x_T)
         classes, confidence = classes_and_confidence(classifier, mapped)
@@ -103,7 +97,6 @@ def main(argv=None):
         results[label] = stats
         rows.append([label, stats["blend_share"], stats["class_changes"], stats["endpoint_class_differs"],
                      stats["jump_concentration"], stats["jump_concentration_median"]])
-        shown = np.linspace(0, args.points - 1, 11).round().astype(int)
         for j, name in enumerate(grids):
             grids[name].append(np.clip(mapped[j, shown], 0.0, 1.0))
     os.makedirs(args.out, exist_ok=True)
