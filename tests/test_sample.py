@@ -85,6 +85,29 @@ def test_bad_sampling_arguments_raise():
         sample(potential, params, x0, T=1.0, lam=0.5)
 
 
+def test_euler_on_a_given_grid_takes_those_steps():
+    """ts = (t_0, ..., t_K): x_{k+1} = x_k − (t_{k+1} − t_k)∇U(x_k, t_k)/lam, written out by hand; bad grids
+    raise; `step_grids.power_grid` is uniform at ρ = 1 and puts the first step at T(1 − 2^−ρ) for K = 2."""
+    from experiments.step_grids import power_grid
+
+    potential, params = random_potential(CFG)
+    u = scalar_potential(potential, params)
+    x = x0 = jax.random.normal(jax.random.PRNGKey(3), (16, 2))
+    ts = (0.0, 0.1, 0.55, 1.0)
+    for t0, t1 in zip(ts[:-1], ts[1:]):
+        x = x - (t1 - t0) * jax.vmap(jax.grad(u), (0, None))(x, t0) / CFG.lam
+    res = sample(potential, params, x0, T=1.0, lam=CFG.lam, ts=ts)
+    np.testing.assert_allclose(res.x_T, x, atol=1e-5)
+    assert int(res.nfe) == 3
+    for bad in ((0.0, 0.6, 0.5, 1.0), (0.1, 1.0), (0.0, 0.9)):
+        with pytest.raises(ValueError, match="increase from 0 to T"):
+            sample(potential, params, x0, T=1.0, lam=CFG.lam, ts=bad)
+    with pytest.raises(ValueError, match="give ts alone"):
+        sample(potential, params, x0, T=1.0, lam=CFG.lam, ts=ts, num_steps=3)
+    np.testing.assert_allclose(power_grid(5.0, 5, 1.0), np.linspace(0, 5, 6), atol=1e-12)
+    np.testing.assert_allclose(power_grid(5.0, 2, 3.0), (0.0, 5.0 * (1 - 0.5**3), 5.0), atol=1e-12)
+
+
 @pytest.mark.parametrize("dt", [1.0, 0.25])
 def test_evaluate_one_step_columns_are_one_euler_step_from_the_same_x0(dt):
     """evaluate's one_step_* columns: with a one-step training grid (dt = T) they equal the main columns

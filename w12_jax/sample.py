@@ -70,17 +70,25 @@ def evaluations_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
 def sample(network, params, x0, *, T: float, lam: float,
            solver: Union[str, diffrax.AbstractSolver] = "euler", dt: Optional[float] = None,
            num_steps: Optional[int] = None, rtol: Optional[float] = None, atol: Optional[float] = None,
-           save_points: Optional[int] = None, max_steps: int = MAX_EULER_STEPS) -> SampleResult:
+           save_points: Optional[int] = None, max_steps: int = MAX_EULER_STEPS,
+           ts: Optional[tuple[float, ...]] = None) -> SampleResult:
     """x_T from x0 (B, *shape) under dx/dt = v(x, t), jit-compiled; v = −∇U(x, t)/lam for a potential
     `network` (`networks.make_flow_network`), its output for a direct `VelocityField`.
 
-    Give exactly one of `dt` (fixed step, must divide T), `num_steps` (h = T/num_steps), or `rtol`/`atol`
-    (adaptive PID control; `dt`, if given too, is the first step). `save_points`: number of equally spaced
-    times in [0, T] at which to also return the path.
+    Give exactly one of `dt` (fixed step, must divide T), `num_steps` (h = T/num_steps), `ts` (a fixed grid
+    0 = t_0 < t_1 < … < t_K = T, as a tuple), or `rtol`/`atol` (adaptive PID control; `dt`, if given too, is the
+    first step). `save_points`: number of equally spaced times in [0, T] at which to also return the path.
     """
     solver = get_solver(solver)
     adaptive = rtol is not None or atol is not None
-    if not adaptive:
+    if ts is not None:
+        if adaptive or dt is not None or num_steps is not None:
+            raise ValueError("give ts alone: it is the whole fixed grid (no dt, num_steps, rtol or atol)")
+        grid = np.asarray(ts, np.float64)
+        if len(grid) < 2 or grid[0] != 0.0 or abs(grid[-1] - T) > 1e-6 * T or not np.all(np.diff(grid) > 0):
+            raise ValueError(f"ts must increase from 0 to T={T}, got {tuple(ts)}")
+        controller, dt0 = diffrax.StepTo(ts=jnp.asarray(grid, jnp.float32).at[-1].set(T)), None
+    elif not adaptive:
         if (dt is None) == (num_steps is None):
             raise ValueError("give exactly one of dt or num_steps (fixed steps), or rtol/atol (adaptive)")
         if num_steps is None:
