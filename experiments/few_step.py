@@ -31,6 +31,7 @@ from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config, override, parse_assignment, with_case
 from w12_jax.data import load_config_dataset
 from w12_jax.evaluation import DOPRI5, few_step_samplers, floor_samples, sampler_samples, vector_quality
+from w12_jax.networks import atom_costs, reference_mean
 from w12_jax.presets import MAIN_PLAIN, MAIN_RELU
 from w12_jax.sample import generate
 
@@ -110,6 +111,24 @@ def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality, quick: bo
                     "few_step.json", FINE_SAVE)
 
 
+def atom_usage(cfg: Config, params, x0: np.ndarray, x_one_step: np.ndarray) -> dict:
+    """How a `potential_atoms` flow uses its atoms at t = 0, w = softmax(−c(x0, 0)/τ) over the n draws x0:
+    mean top weight (1: each x0 goes to one atom), atoms that lead for some x0, the mean weights' range, and
+    one step's distance from the atoms' blend, mean|x_1 − w·y| / mean|x_1 − mean x_1| (0: it lands on them)."""
+    import jax
+
+    atoms = params["params"]["AtomPotential_0"]
+    y = np.asarray(atoms["atoms"])
+    flat = x0.reshape(len(x0), -1)
+    costs = atom_costs(flat, np.zeros(len(x0), flat.dtype), y, atoms["costs"], cfg.T, reference_mean(cfg))
+    w = np.asarray(jax.nn.softmax(-costs / cfg.potential_atom_temperature, axis=-1))
+    x1 = x_one_step.reshape(len(x0), -1)
+    spread = np.linalg.norm(x1 - x1.mean(0), axis=1).mean()
+    return {"top_weight": float(w.max(-1).mean()), "atoms_leading": len(set(w.argmax(-1).tolist())),
+            "atoms": len(y), "mean_weight_range": [float(w.mean(0).min()), float(w.mean(0).max())],
+            "one_step_off_blend": float(np.linalg.norm(x1 - w @ y, axis=1).mean() / spread)}
+
+
 def variant_change(variant: str) -> tuple[str, Callable[[Config], Config]]:
     """(description, change) of a VARIANTS name, or of 'NAME+key=value+...': NAME's change, then the
     assignments (config.override), e.g. 'straight+identity_path=scalar+cfm_weight=1'."""
@@ -161,12 +180,14 @@ def mnist(args) -> tuple[list, dict, dict]:
             rows.append([variant, "diverged"] + ["–"] * 12)
             continue
         params = state.potential_ema
-        x0, _ = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
+        x0, one_step = generate(cfg, params, args.n, num_steps=1)  # the same x0 (seed 0) for every variant
 
         flow, per_sampler = measure(workdir, cfg, state, x0, quality, args.quick)
         results[variant] = {"description": variant_change(variant)[0], "iterations": cfg.iterations,
                             "config": cfg.to_dict(), "status": status,
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
+        if cfg.potential_atoms:
+            results[variant]["atoms"] = atom_usage(cfg, params, x0, np.asarray(one_step.x_T))
         for label, r in per_sampler.items():
             rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], *digit_cells(r), r["deviation"],
                          flow["ke_over_bound"], flow["straightness_ratio"], seconds])

@@ -260,3 +260,54 @@ def test_heads_join_by_a_soft_maximum_whose_gradient_is_the_leading_heads():
     np.testing.assert_allclose(grad_U, grad_leader, rtol=1e-4, atol=1e-6)
     with pytest.raises(ConfigError, match="one d-dimensional head"):
         dataclasses.replace(cfg, velocity_field="direct", objective="otcfm")
+
+
+def test_atoms_run_straight_and_solve_hj_and_their_balance_is_the_mass_gap():
+    """potential_atoms=K: −∇A/lam = Σ_k w_k (y_k − x)/s(t) runs straight to the atoms, so with the MLP's head at
+    zero one Euler step of h = T lands where 5 and 20 steps do; A solves ∂tA − |∇A|²/(2 lam) = 0 at small τ;
+    the balance loss's gradient in the costs δ is 1/K − E w_k, and the flow's loss gives δ none; `with_data_atoms`
+    puts K distinct training rows in the parameters and their EMA."""
+    import dataclasses
+
+    from w12_jax.config import Config, ConfigError
+    from w12_jax.flow import euler_flow, scalar_potential
+    from w12_jax.mfg import hj_pointwise
+    from w12_jax.networks import atom_balance, atom_costs, make_potential
+    from w12_jax.train import init_train_state, with_data_atoms
+
+    K, tau, d = 4, 1e-4, 6
+    cfg = dataclasses.replace(Config(), data_shape=(d,), architecture="mlp", potential_hidden=(5,),
+                              potential_activation="silu", potential_atoms=K, potential_atom_temperature=tau)
+    x0 = jax.random.uniform(jax.random.PRNGKey(0), (64, d), maxval=0.5)
+    params = make_potential(cfg).init(jax.random.PRNGKey(1), x0, jnp.zeros(64))
+    head = params["params"]["ScalarMLP_0"]["Dense_1"]
+    params["params"]["ScalarMLP_0"]["Dense_1"] = jax.tree_util.tree_map(jnp.zeros_like, head)  # N ≡ 0
+    atoms = params["params"]["AtomPotential_0"]
+    params["params"]["AtomPotential_0"]["atoms"] = 3.0 * atoms["atoms"]  # atoms apart: each x0 has one nearest
+    y, delta = params["params"]["AtomPotential_0"]["atoms"], atoms["costs"]
+    u = scalar_potential(make_potential(cfg), params)
+    ends = [euler_flow(u, x0, cfg.T, k, cfg.lam).x_T for k in (1, 5, 20)]
+    w = jax.nn.softmax(-atom_costs(x0, jnp.zeros(64), y, delta, cfg.T, 0.25) / tau, axis=-1)
+    clear = jnp.max(w, axis=-1) > 0.999  # away from the cells' boundaries
+    assert float(jnp.mean(clear)) > 0.7
+    np.testing.assert_allclose(ends[0], x0 + (w @ y - x0) / 1.01, atol=1e-5)  # s(0) = 1.01 T
+    np.testing.assert_allclose(ends[1][clear], ends[0][clear], atol=1e-4)
+    np.testing.assert_allclose(ends[2][clear], ends[0][clear], atol=1e-4)
+    xs, ts = jnp.concatenate([x0, 0.5 * (x0 + ends[0])]), jnp.concatenate([jnp.full(64, 1.3), jnp.full(64, 2.5)])
+    clear_xt = jnp.max(jax.nn.softmax(-atom_costs(xs, ts, y, delta, cfg.T, 0.25) / tau, axis=-1), axis=-1) > 0.999
+    dt_u = jax.vmap(jax.grad(u, argnums=1))(xs, ts)
+    grad_u = jax.vmap(jax.grad(u))(xs, ts)
+    hj = jnp.abs(hj_pointwise(dt_u, grad_u, cfg.lam))[clear_xt]
+    assert float(jnp.max(hj)) < 1e-3 * float(jnp.mean(jnp.abs(dt_u))), (hj.max(), jnp.abs(dt_u).mean())
+    g_delta = jax.grad(atom_balance, argnums=2)(x0, y, delta, tau, cfg.T, 0.25)
+    np.testing.assert_allclose(g_delta, 1.0 / K - jnp.mean(w, axis=0), atol=1e-6)
+    g_flow = jax.grad(lambda p: make_potential(cfg).apply(p, x0, jnp.ones(64)).sum())(params)
+    assert float(jnp.max(jnp.abs(g_flow["params"]["AtomPotential_0"]["costs"]))) == 0.0
+    with pytest.raises(ConfigError, match="the direct velocity field .* has no U"):
+        dataclasses.replace(cfg, velocity_field="direct", objective="otcfm")
+    train = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), (20, d)))
+    state = with_data_atoms(init_train_state(cfg), train, jax.random.PRNGKey(3))
+    for p in (state.potential_params, state.potential_ema):  # K distinct training rows, in both
+        rows = [int(np.argmin(np.abs(train - a).sum(-1))) for a in np.asarray(p["params"]["AtomPotential_0"]["atoms"])]
+        np.testing.assert_array_equal(np.asarray(p["params"]["AtomPotential_0"]["atoms"]), train[rows])
+        assert len(set(rows)) == K

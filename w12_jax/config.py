@@ -25,6 +25,7 @@ MAX_EULER_STEPS = 16_384  # K = T/dt; also the default step limit of `w12_jax.sa
 OBJECTIVES = ("mfg", "icfm", "otcfm")
 VELOCITY_FIELDS = ("potential", "direct")
 IDENTITY_PATHS = ("none", "scalar", "pixel", "endpoint")
+ATOM_INITS = ("data", "normal")
 PENALTY_WEIGHTS = ("hj_weight", "terminal_weight", "velocity_weight", "chord_weight")  # design.md §11
 CASES = {"none": (False, False), "w2": (False, True), "w1": (True, False), "w1w2": (True, True)}
 # the fields a resumed run may change: its schedule and logging (the "loop" group below), not the problem or
@@ -135,6 +136,13 @@ class Config:
     # linear head), so that ∇U(·, 0), the one-step map, can switch between digits instead of blending them
     potential_heads: int = 1
     potential_head_temperature: float = 0.01  # τ, in units of U (|∇U| ≈ 0.1 in the main job)
+    # K learned atoms y_k added to U as the value function of a terminal cost on them (0: none, the paper's U):
+    # −∇/lam of that term runs straight to a soft choice of atom, so one Euler step lands where K steps do;
+    # each atom's cost is set so that 1/K of the reference goes to it (equal masses). Not adopted: the flow
+    # ends on the atoms, a K-point generator (with atoms from data: copies of training digits; few_step README)
+    potential_atoms: int = 0
+    potential_atom_temperature: float = 0.05  # τ of the choice, in units of |x − y|²/(2T)
+    potential_atom_init: str = "data"  # the atoms start at K training samples, or "normal": N(0, 0.1²) pixels
     # loop: schedule and logging only, the fields a resumed run may change (RESUMABLE_CHANGES)
     log_every: int = 10
     # iterations that are not logged, saved or drawn run in blocks of steps_per_call per compiled call (lax.scan)
@@ -217,6 +225,13 @@ def _validate(cfg: Config) -> None:
     if cfg.potential_heads > 1 and cfg.velocity_field == "direct":
         raise ConfigError("potential_heads joins scalar heads of the potential U; the direct velocity field "
                           "(velocity_field='direct') has one d-dimensional head")
+    if cfg.potential_atoms < 0 or not cfg.potential_atom_temperature > 0:
+        raise ConfigError(f"potential_atoms must be >= 0 and potential_atom_temperature > 0, got "
+                          f"{cfg.potential_atoms} and {cfg.potential_atom_temperature}")
+    _one_of("potential_atom_init", cfg.potential_atom_init, ATOM_INITS)
+    if cfg.potential_atoms and cfg.velocity_field == "direct":
+        raise ConfigError("potential_atoms adds a term to the potential U; the direct velocity field "
+                          "(velocity_field='direct') has no U")
     if cfg.potential_time_conditioning == "film" and cfg.velocity_field == "direct":
         raise ConfigError("potential_time_conditioning='film' conditions the potential U's MLP; the direct "
                           "velocity field (velocity_field='direct') reads t by concatenation only")

@@ -34,13 +34,15 @@ from w12_jax.data import Dataset, batch_sampler, load_config_dataset
 from w12_jax.distributed import data_sharding, global_array, is_main_process, make_mesh
 from w12_jax.sample import write_samples_figure
 from w12_jax.phases import WARMUP, phase_config, phase_of
-from w12_jax.train import METRICS, TrainState, init_train_state, make_scanned_steps, make_train_step
+from w12_jax.train import METRICS, TrainState, init_train_state, make_scanned_steps, make_train_step, with_data_atoms
 from w12_jax.workdir import RunDir, check_run, open_session, read_run_dir, write_json
 
 LIVE_METRICS = (("divergence", "div"), ("cfm_loss", "cfm"), ("kinetic_energy", "KE"), ("hj_residual", "HJ"),
                 ("terminal_residual", "term"))
 STATE_PARTS = ("potential_params", "potential_ema", "discriminator_params", "potential_opt_state",
                "discriminator_opt_state")
+
+ATOM_KEY = 0xA70  # folded into PRNGKey(seed) for the training samples the atoms start at
 
 
 class TrainingDiverged(RuntimeError):
@@ -320,6 +322,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | RunDir, *, r
         say(f"resuming {run.path} from iteration {int(state.step)}")
     else:
         state = jax.tree_util.tree_map(lambda a: global_array(a, replicated), init_train_state(config))
+        if config.potential_atoms and config.potential_atom_init == "data":  # `with_data_atoms`
+            state = with_data_atoms(state, ds.train, jax.random.fold_in(jax.random.PRNGKey(config.seed), ATOM_KEY))
     start = int(state.step)
     info, session_info = open_session(run, config, start, write=is_main)
     call_input = CallInputs(config, ds, mesh)

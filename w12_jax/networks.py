@@ -20,6 +20,9 @@ from w12_jax.config import Config
 ACTIVATION_FNS = {"relu": nn.relu, "tanh": nn.tanh, "softplus": nn.softplus, "silu": nn.silu, "elu": nn.elu}
 
 
+ATOM_MARGIN = 0.01  # s(t) = (1 + margin)T − t > 0 at t = T, where adaptive solvers evaluate the field
+
+
 def block_kernel_selector(kernel: int) -> np.ndarray:
     """0/1 tensor S (kb, kb, 2, 2, 2, 2, k, k) mapping a k×k kernel to its 2×2 space-to-depth form.
 
@@ -174,6 +177,47 @@ class IdentityCoefficient(nn.Module):
         return nn.Dense(width, kernel_init=nn.initializers.zeros)(h)
 
 
+def atom_costs(flat, t, atoms, delta, T: float, reference_mean: float, margin: float = ATOM_MARGIN):
+    """c_k(x, t) = |x − y_k|²/(2s(t)) + g_k, g_k = (x̄ Σ_p y_kp − ½|y_k|²)/s(0) + δ_k, s(t) = (1 + margin)T − t:
+    flat (B, d), t (B,), atoms y (K, d), delta (K,) -> (B, K). The ink terms of g_k cancel the atom's size at
+    t = 0 (x̄: the reference's mean pixel), so that which atom x0 goes to depends on x0 − x̄ and δ alone."""
+    s0 = (1.0 + margin) * T
+    s = s0 - jnp.reshape(t, (-1, 1)).astype(flat.dtype)
+    y_sq = jnp.sum(atoms**2, axis=-1)
+    sq = jnp.sum(flat**2, axis=-1, keepdims=True) - 2.0 * flat @ atoms.T + y_sq[None, :]
+    return 0.5 * sq / s + (reference_mean * jnp.sum(atoms, axis=-1) - 0.5 * y_sq)[None, :] / s0 + delta[None, :]
+
+
+def atom_balance(flat0, atoms, delta, temperature: float, T: float, reference_mean: float):
+    """The semi-dual of equal-mass atoms, E_x0[τ log Σ_k exp(−c_k(x0, 0)/τ)] + mean_k δ_k, as a loss of δ alone
+    (the atoms enter without gradient): ∂/∂δ_k = 1/K − E_x0 w_k(x0), w = softmax(−c/τ), so descent raises the
+    cost of an atom that more than 1/K of the reference goes to. flat0 (B, d)."""
+    costs = atom_costs(flat0, jnp.zeros(flat0.shape[:1], flat0.dtype), jax.lax.stop_gradient(atoms), delta, T,
+                       reference_mean)
+    return (jnp.mean(temperature * jax.nn.logsumexp(-costs / temperature, axis=-1)) + jnp.mean(delta))
+
+
+class AtomPotential(nn.Module):
+    """A(x, t) = −lam τ log Σ_k exp(−c_k(x, t)/τ) over K learned atoms y_k (`atom_costs`): the value function of
+    a terminal cost on the atoms (Hopf–Lax), which solves ∂tA − |∇A|²/(2 lam) = 0 as τ → 0. Its field
+    −∇A/lam = Σ_k w_k (y_k − x)/s(t), w = softmax(−c/τ), runs straight to the atoms: one Euler step of h = T from
+    t = 0 lands on Σ_k w_k(x0) y_k up to the margin, as K steps do (design.md §13). The costs δ enter A without
+    gradient; `atom_balance` sets them. flat (B, d), t (B,) -> (B,)."""
+
+    atoms: int
+    temperature: float
+    T: float
+    lam: float
+    reference_mean: float
+
+    @nn.compact
+    def __call__(self, flat, t):
+        y = self.param("atoms", nn.initializers.normal(0.1), (self.atoms, flat.shape[1]))
+        delta = self.param("costs", nn.initializers.zeros, (self.atoms,))
+        costs = atom_costs(flat, t, y.astype(flat.dtype), jax.lax.stop_gradient(delta), self.T, self.reference_mean)
+        return -self.lam * self.temperature * jax.nn.logsumexp(-costs / self.temperature, axis=-1)
+
+
 class FlowNetwork(nn.Module):
     """The fields the flow's two forms share: hidden widths and activation of the MLP, conv channels and
     kernel (none: an MLP on the flattened input), the space-to-depth switch and the identity path."""
@@ -192,6 +236,9 @@ class FlowNetwork(nn.Module):
     time_conditioning: str = "concat"  # t appended to the MLP's input, or also "film" of its hidden layers
     heads: int = 1  # of U's MLP: M > 1 joins M scalar heads by a soft maximum at `head_temperature`
     head_temperature: float = 1.0
+    atoms: int = 0  # of U: K > 0 adds `AtomPotential` of K atoms at `atom_temperature` (design.md §13)
+    atom_temperature: float = 0.05
+    reference_mean: float = 0.0  # x̄ of the atoms' costs: the reference's mean pixel
 
 
 def time_to_go(t, T: float):
@@ -200,7 +247,8 @@ def time_to_go(t, T: float):
 
 
 class Potential(FlowNetwork):
-    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP N, plus with an identity
+    """U(x, t): x (B, *data_shape), t (B,) -> (B,). Conv features (if any) ⊕ t → MLP N (+ `AtomPotential` with
+    atoms > 0), plus with an identity
     path ½ Σ_p a_p(t) x_p² ("scalar": one learned a(t); "pixel": a(t) per coordinate) or lam|x|²/(2τ(t))
     ("endpoint": v = −∇N/lam − x/τ, the straight line's −x/(T − t) built in, so that one Euler step from
     t = 0 lands on −T∇N(x0, 0)/lam with no trace of x0 outside N)."""
@@ -210,6 +258,9 @@ class Potential(FlowNetwork):
         film = time_embedding(t, self.T) if self.time_conditioning == "film" else None
         u = ScalarMLP(self.hidden, self.activation, self.heads, self.head_temperature)(features_and_time(self, x, t),
                                                                                       film)
+        if self.atoms:
+            u = u + AtomPotential(self.atoms, self.atom_temperature, self.T, self.lam, self.reference_mean)(
+                x.reshape(x.shape[0], -1), t)
         if self.identity_path == "none":
             return u
         flat = x.reshape(x.shape[0], -1)
@@ -264,7 +315,14 @@ def flow_network_of(cls: type[FlowNetwork], config: Config) -> FlowNetwork:
                config.conv_space_to_depth, config.identity_path, config.T, config.lam,
                raw_pixels=config.raw_pixels, conv_activation=config.potential_conv_activation,
                conv_pool=config.potential_conv_pool, time_conditioning=config.potential_time_conditioning,
-               heads=config.potential_heads, head_temperature=config.potential_head_temperature)
+               heads=config.potential_heads, head_temperature=config.potential_head_temperature,
+               atoms=config.potential_atoms, atom_temperature=config.potential_atom_temperature,
+               reference_mean=reference_mean(config))
+
+
+def reference_mean(config: Config) -> float:
+    """E x0 per pixel: (low + high)/2 of the uniform reference, 0 of the gaussian."""
+    return 0.5 * (config.reference_low + config.reference_high) if config.reference == "uniform" else 0.0
 
 
 def make_potential(config: Config) -> Potential:

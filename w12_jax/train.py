@@ -16,6 +16,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -25,7 +26,7 @@ from w12_jax.distributed import data_sharding, global_array, make_mesh
 from w12_jax.divergences import Divergence, get_divergence, gradient_norm, gradient_penalty
 from w12_jax.flow import EulerFlow, euler_flow, euler_velocity_flow, kinetic_energy, scalar_potential, unroll_for, \
     velocity
-from w12_jax.networks import make_discriminator, make_flow_network
+from w12_jax.networks import atom_balance, make_discriminator, make_flow_network, reference_mean
 from w12_jax.penalties import PenaltyInputs, active_penalties, penalty_values, terminal_gradient
 from w12_jax.reference import sample_reference
 
@@ -160,8 +161,30 @@ def straightness_penalties(model: Model, u, critic_params, x0, flow, key, v=None
     return penalty_values(model.penalties, inputs)
 
 
+def atom_balance_of(model: Model, potential_params, x0):
+    """`networks.atom_balance` of the potential's atoms on the reference batch x0."""
+    config = model.config
+    atoms = potential_params["params"]["AtomPotential_0"]
+    return atom_balance(x0.reshape(x0.shape[0], -1), atoms["atoms"], atoms["costs"],
+                        config.potential_atom_temperature, config.T, reference_mean(config))
+
+
+def with_data_atoms(state: TrainState, train: np.ndarray, key: jax.Array) -> TrainState:
+    """state with the potential's K atoms (and their EMA) set to K training samples drawn without replacement
+    by key: atoms at digits start with clear cells (each x0 goes to one), where atoms at the normal init start
+    as one blend that the velocity penalty keeps together (few_step README, "Atoms")."""
+    def put(params):
+        atoms = params["params"]["AtomPotential_0"]["atoms"]
+        pick = jax.random.choice(key, train.shape[0], (atoms.shape[0],), replace=False)
+        y = jnp.asarray(train[np.asarray(pick)].reshape(atoms.shape[0], -1), atoms.dtype)
+        inner = {**params["params"]["AtomPotential_0"], "atoms": jax.device_put(y, atoms.sharding)}
+        return {**params, "params": {**params["params"], "AtomPotential_0": inner}}
+    return state.replace(potential_params=put(state.potential_params), potential_ema=put(state.potential_ema))
+
+
 def potential_loss(model: Model, potential_params, critic_params, x0, key=None, cfm_pairs=None):
-    """G = mean phi(x_K) + use_w2·lam·KE + Σ_w w·penalty_w (+ β·L_CFM) through the unrolled Euler flow.
+    """G = mean phi(x_K) + use_w2·lam·KE + Σ_w w·penalty_w (+ β·L_CFM) (+ the atoms' balance, a loss of their
+    costs alone: `atom_balance_of`) through the unrolled Euler flow.
 
     Returns (G, (flow, KE, phi(x_K), L_CFM or None)); key: the chord times, needed only when chord_weight > 0;
     cfm_pairs (y, t): x0's OT partners in the data and times in [0, T], needed only when cfm_weight > 0.
@@ -176,6 +199,8 @@ def potential_loss(model: Model, potential_params, critic_params, x0, key=None, 
     values = straightness_penalties(model, u, critic_params, x0, flow, key, v)
     for weight, penalty in model.penalties:
         loss = loss + weight * values[penalty.weight_key]
+    if config.potential_atoms:  # equal-mass atoms: the semi-dual sets their costs (and nothing else)
+        loss = loss + atom_balance_of(model, potential_params, x0)
     cfm = None
     if config.cfm_weight > 0:
         y, t = cfm_pairs
