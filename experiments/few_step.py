@@ -129,6 +129,30 @@ def atom_usage(cfg: Config, params, x0: np.ndarray, x_one_step: np.ndarray) -> d
             "one_step_off_blend": float(np.linalg.norm(x1 - w @ y, axis=1).mean() / spread)}
 
 
+def component_usage(cfg: Config, params, x0: np.ndarray, classifier) -> dict:
+    """How a flow from a `reference_components` mixture uses its components: each x0's component (the sign
+    pattern it correlates with most), the class of its Euler-5 sample; purity: the share of a component's
+    samples in its most common class, averaged with the components' sizes (1: each component draws one digit),
+    and the same with the classes shuffled (what unrelated components score at these sizes); class shares."""
+    from w12_jax.classifier import classifier_apply
+    from w12_jax.reference import component_signs
+
+    b = cfg.reference_block if len(cfg.data_shape) == 3 else 1
+    blocks = x0[:, ::b, ::b] if b > 1 else x0
+    signs = np.asarray(component_signs(cfg.reference_components, blocks.shape[1:]))
+    mean = 0.5 * (cfg.reference_low + cfg.reference_high) if cfg.reference == "uniform" else 0.0
+    component = np.argmax((blocks - mean).reshape(len(x0), -1) @ signs.reshape(len(signs), -1).T, axis=1)
+    x_T = sampler_samples(cfg, params, x0, [("euler 5", {"solver": "euler", "num_steps": 5})])[0]
+    classes = np.asarray(classifier_apply(classifier, np.clip(x_T, 0.0, 1.0))).argmax(-1)
+    def purity(labels):
+        return float(sum(np.bincount(labels[component == m]).max() for m in np.unique(component)) / len(x0))
+
+    shuffled = np.random.default_rng(0).permutation(classes)
+    return {"purity": purity(classes), "purity_if_unrelated": purity(shuffled),
+            "components_used": len(np.unique(component)),
+            "class_shares": (np.bincount(classes, minlength=10) / len(x0)).tolist()}
+
+
 def variant_change(variant: str) -> tuple[str, Callable[[Config], Config]]:
     """(description, change) of a VARIANTS name, or of 'NAME+key=value+...': NAME's change, then the
     assignments (config.override), e.g. 'straight+identity_path=scalar+cfm_weight=1'."""
@@ -188,6 +212,8 @@ def mnist(args) -> tuple[list, dict, dict]:
                             "training_seconds": seconds, "flow": flow, "samplers": per_sampler}
         if cfg.potential_atoms:
             results[variant]["atoms"] = atom_usage(cfg, params, x0, np.asarray(one_step.x_T))
+        if cfg.reference_components > 1:
+            results[variant]["components"] = component_usage(cfg, params, x0, classifier)
         for label, r in per_sampler.items():
             rows.append([f"{variant} ({cfg.iterations} its)", label, r["nfe"], *digit_cells(r), r["deviation"],
                          flow["ke_over_bound"], flow["straightness_ratio"], seconds])

@@ -405,3 +405,26 @@ def test_block_reference_is_one_uniform_draw_per_block():
         Config(reference_block=3)
     vectors = Config(data_shape=(2,), architecture="mlp", reference="gaussian", reference_block=2)
     assert np.unique(np.asarray(sample_reference(vectors, key, (3,)))).size == 6  # vectors ignore the blocks
+
+
+def test_mixture_reference_is_shifted_copies_in_equal_shares():
+    """reference_components M: each x0 is a block draw of U[low, high] plus separation·s_m for one of the M fixed
+    sign patterns (taking it off leaves every block in the box), each pattern with share 1/M (5 standard
+    errors); the patterns are the same for every key; M < 1 is refused."""
+    import jax
+
+    from w12_jax.config import Config, ConfigError
+    from w12_jax.reference import component_signs, sample_reference
+
+    cfg = Config(reference_block=2, reference_components=4, reference_separation=0.3)
+    x0 = np.asarray(sample_reference(cfg, jax.random.PRNGKey(0), (400,)))
+    blocks = x0[:, ::2, ::2, :]
+    signs = np.asarray(component_signs(4, (14, 14, 1)))
+    m = np.argmax(np.einsum("bhwc,mhwc->bm", blocks - 0.25, signs), axis=1)
+    rest = blocks - 0.3 * signs[m]
+    assert rest.min() >= 0.0 and rest.max() <= 0.5
+    shares = np.bincount(m, minlength=4) / 400
+    assert np.all(np.abs(shares - 0.25) < 5 * np.sqrt(0.25 * 0.75 / 400)), shares
+    np.testing.assert_array_equal(signs, np.asarray(component_signs(4, (14, 14, 1))))
+    with pytest.raises(ConfigError, match="reference_components must be >= 1"):
+        Config(reference_components=0)

@@ -70,6 +70,11 @@ class Config:
     reference_scale: float = 1.0  # std of the gaussian reference
     reference_block: int = 1  # b > 1: x0 drawn on the (H/b, W/b) grid and repeated over b×b blocks (images only;
     # vectors ignore it, own images it does not divide get 1)
+    # M > 1: rho_0 is an equal mixture of M copies of that draw, copy m shifted by separation·s_m, s_m a fixed
+    # ±1 pattern (on the blocks): separate components, so that a smooth one-step map can send each to its own
+    # part of the data where one connected rho_0 needs a jump between modes (design.md §13)
+    reference_components: int = 1
+    reference_separation: float = 0.1
     # the problem: min_v D_f^{Gamma_L}(rho_T || pi) + lam * int E|v|^2/2 dt
     T: float = 5.0  # ★ the flow's time horizon
     dt: float = 1.0  # ★ Euler step h; K = T / h steps
@@ -235,6 +240,9 @@ def _validate(cfg: Config) -> None:
     if cfg.potential_time_conditioning == "film" and cfg.velocity_field == "direct":
         raise ConfigError("potential_time_conditioning='film' conditions the potential U's MLP; the direct "
                           "velocity field (velocity_field='direct') reads t by concatenation only")
+    if cfg.reference_components < 1 or not cfg.reference_separation > 0:
+        raise ConfigError(f"reference_components must be >= 1 and reference_separation > 0, got "
+                          f"{cfg.reference_components} and {cfg.reference_separation}")
     if cfg.reference_block < 1 or (len(cfg.data_shape) == 3 and not blocks_tile(cfg.reference_block,
                                                                                cfg.data_shape)):
         raise ConfigError(f"reference_block must be >= 1 and divide the image's height and width, got "
