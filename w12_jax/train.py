@@ -172,7 +172,7 @@ def atom_balance_of(model: Model, potential_params, x0):
 def with_data_atoms(state: TrainState, train: np.ndarray, key: jax.Array) -> TrainState:
     """state with the potential's K atoms (and their EMA) set to K training samples drawn without replacement
     by key: atoms at digits start with clear cells (each x0 goes to one), where atoms at the normal init start
-    as one blend that the velocity penalty keeps together (few_step README, "Atoms")."""
+    as one blend and stay one (few_step README, "Atoms")."""
     def put(params):
         atoms = params["params"]["AtomPotential_0"]["atoms"]
         pick = jax.random.choice(key, train.shape[0], (atoms.shape[0],), replace=False)
