@@ -140,10 +140,10 @@ def component_usage(cfg: Config, params, x0: np.ndarray, classifier) -> dict:
     b = cfg.reference_block if len(cfg.data_shape) == 3 else 1
     blocks = x0[:, ::b, ::b] if b > 1 else x0
     signs = np.asarray(component_signs(cfg.reference_components, blocks.shape[1:]))
-    mean = 0.5 * (cfg.reference_low + cfg.reference_high) if cfg.reference == "uniform" else 0.0
-    component = np.argmax((blocks - mean).reshape(len(x0), -1) @ signs.reshape(len(signs), -1).T, axis=1)
+    component = np.argmax((blocks - reference_mean(cfg)).reshape(len(x0), -1) @ signs.reshape(len(signs), -1).T, axis=1)
     x_T = sampler_samples(cfg, params, x0, [("euler 5", {"solver": "euler", "num_steps": 5})])[0]
     classes = np.asarray(classifier_apply(classifier, np.clip(x_T, 0.0, 1.0))).argmax(-1)
+
     def purity(labels):
         return float(sum(np.bincount(labels[component == m]).max() for m in np.unique(component)) / len(x0))
 

@@ -173,12 +173,14 @@ def with_data_atoms(state: TrainState, train: np.ndarray, key: jax.Array) -> Tra
     """state with the potential's K atoms (and their EMA) set to K training samples drawn without replacement
     by key: atoms at digits start with clear cells (each x0 goes to one), where atoms at the normal init start
     as one blend and stay one (few_step README, "Atoms")."""
+    atoms = state.potential_params["params"]["AtomPotential_0"]["atoms"]
+    pick = np.asarray(jax.random.choice(key, train.shape[0], (atoms.shape[0],), replace=False))
+    y = jax.device_put(jnp.asarray(train[pick].reshape(atoms.shape[0], -1), atoms.dtype), atoms.sharding)
+
     def put(params):
-        atoms = params["params"]["AtomPotential_0"]["atoms"]
-        pick = jax.random.choice(key, train.shape[0], (atoms.shape[0],), replace=False)
-        y = jnp.asarray(train[np.asarray(pick)].reshape(atoms.shape[0], -1), atoms.dtype)
-        inner = {**params["params"]["AtomPotential_0"], "atoms": jax.device_put(y, atoms.sharding)}
+        inner = {**params["params"]["AtomPotential_0"], "atoms": y}
         return {**params, "params": {**params["params"], "AtomPotential_0": inner}}
+
     return state.replace(potential_params=put(state.potential_params), potential_ema=put(state.potential_ema))
 
 
