@@ -30,12 +30,12 @@ def train_or_diverge(config: Config, workdir: str):
         return None, str(e)
 
 
-def restore_digit_run(workdir: str, experiment: str):
-    """(state, config) of the latest checkpoint in workdir/checkpoints; SystemExit naming the problem when there is
-    none or the run's samples are not images (`experiment` scores digits)."""
+def restore_digit_run(workdir: str, experiment: str, step=None):
+    """(state, config) of checkpoint `step` (default the latest) in workdir/checkpoints; SystemExit naming the
+    problem when there is none or the run's samples are not images (`experiment` scores digits)."""
     try:
         with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-            state, cfg = ckpt.restore()
+            state, cfg = ckpt.restore(step=step)
     except CheckpointError as e:
         raise SystemExit(f"--workdir: {e}") from None
     if len(cfg.data_shape) != 3:

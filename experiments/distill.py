@@ -1,0 +1,140 @@
+"""One-step distillation of a trained W1⊕W2 flow (`w12_jax.distill`): does a generator G regressed on the flow's
+own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptive solve?
+
+    python -m experiments.distill --workdir runs/main0
+    python -m experiments.distill --workdir RUN --pairs 20000 --pair-rtol 1e-4 --iterations 4000
+
+Loads the run's latest checkpoint (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
+evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at
+`--pair-steps`), regresses G on them and scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
+from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+
+import jax
+import numpy as np
+
+from experiments.common import DIGIT_HEADER, RESULTS, command_line, digit_cells, digit_floor_text, digit_quality, \
+    digit_rows_figure, machine, markdown_table, measured, restore_digit_run, training_seconds, write_results
+from w12_jax.classifier import load_or_train_classifier
+from w12_jax.data import load_config_dataset
+from w12_jax.distill import distill, distilled_sample
+from w12_jax.evaluation import DOPRI5, few_step_samplers, sampler_samples
+from w12_jax.networks import make_discriminator
+from w12_jax.reflow import reflow_pairs
+from w12_jax.sample import generate
+
+QUICK_SAMPLERS = [s for s in few_step_samplers() if s[0] in ("euler 1", "euler 2", "euler 5")]  # few_step --quick
+QUICK_REFERENCE = DOPRI5
+
+
+def cached_pairs(workdir: str, cfg, state, n: int, seed: int, solve: dict):
+    """(x0, x1, seconds): `reflow.reflow_pairs` of the run's EMA parameters, kept in workdir/distill_pairs_<step>.npz
+    with their seed, solve, checkpoint step and the seconds they took (per pair: a cached set of m >= n pairs
+    gives its first n at n/m of its time)."""
+    path = os.path.join(workdir, f"distill_pairs_{int(state.step)}.npz")
+    key = json.dumps({"seed": seed, "solve": solve, "step": int(state.step)}, sort_keys=True)
+    if os.path.exists(path):
+        stored = np.load(path)
+        if str(stored["key"]) == key and len(stored["x0"]) >= n:
+            return stored["x0"][:n], stored["x1"][:n], float(stored["seconds"]) * n / len(stored["x0"])
+    start = time.perf_counter()
+    x0, x1 = reflow_pairs(cfg, state.potential_ema, n, seed=seed, **solve)
+    seconds = time.perf_counter() - start
+    np.savez(path, x0=x0, x1=x1, seconds=seconds, key=key)
+    return x0, x1, seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a trained run (its checkpoints/ folder)")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint to distill (default: the latest)")
+    parser.add_argument("--pairs", type=int, default=20_000, help="pairs (x0, Φ_T(x0)), validation included")
+    parser.add_argument("--validation", type=int, default=1000, help="pairs held out of the regression")
+    parser.add_argument("--pair-rtol", type=float, default=1e-4, help="Dopri5 rtol = atol of the teacher's solve")
+    parser.add_argument("--pair-steps", type=int, default=0, help="> 0: Euler with this many steps instead")
+    parser.add_argument("--iterations", type=int, default=4000)
+    parser.add_argument("--hidden", default="1024,1024,1024", help="G's MLP widths")
+    parser.add_argument("--critic-weight", type=float, default=0.0,
+                        help="> 0: add −w·mean φ(G(x0)), φ the run's trained critic, frozen")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to 0")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the pairs' x0 and of G's training")
+    parser.add_argument("--n", type=int, default=1000, help="evaluation samples (x0 of PRNGKey(0))")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "distill"))
+    parser.add_argument("--stem", default="", help="suffix of the results files (results<stem>.json)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.pairs <= args.validation:
+        parser.error(f"--pairs ({args.pairs}) must exceed --validation ({args.validation})")
+    hidden = tuple(int(w) for w in args.hidden.split(","))
+    workdir = args.workdir.rstrip("/")
+    state, cfg = restore_digit_run(workdir, "distill", args.step)
+
+    solve = ({"solver": "euler", "num_steps": args.pair_steps} if args.pair_steps > 0
+             else {"solver": "dopri5", "rtol": args.pair_rtol, "atol": args.pair_rtol})
+    solve_text = (f"Euler, {args.pair_steps} steps" if args.pair_steps > 0
+                  else f"Dopri5, rtol = atol = {args.pair_rtol:g}")
+    x0_pairs, x1_pairs, pair_seconds = cached_pairs(workdir, cfg, state, args.pairs, args.seed, solve)
+    print(f"{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s")
+    discriminator = make_discriminator(cfg)
+    critic = partial(discriminator.apply, state.discriminator_params) if args.critic_weight else None
+    start = time.perf_counter()
+    generator, params, history = distill(x0_pairs, x1_pairs, iterations=args.iterations,
+                                         key=jax.random.PRNGKey(args.seed), hidden=hidden, lr=args.lr,
+                                         batch_size=args.batch, validation=args.validation, critic=critic,
+                                         critic_weight=args.critic_weight, progress=True)
+    distill_seconds = time.perf_counter() - start
+
+    classifier, accuracy = load_or_train_classifier()
+    dataset = load_config_dataset(cfg)
+    quality = digit_quality(classifier, accuracy, dataset)
+    x0, _ = generate(cfg, state.potential_ema, args.n, num_steps=1)  # PRNGKey(0): few_step's x0
+    flow, per_sampler = measured(workdir, cfg, state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
+                                 f"few_step_quick_{int(state.step)}.json")
+    x_student = distilled_sample(generator, params, x0)
+    student = {"nfe": 1, **quality(x_student)}
+    teacher_seconds = training_seconds(workdir) * int(state.step) / cfg.iterations  # a constant-rate share
+    rows = [["flow", label, r["nfe"], *digit_cells(r)] for label, r in per_sampler.items()]
+    rows.append(["distilled G", "one evaluation", 1, *digit_cells(student)])
+    labels = [label for label, _ in QUICK_SAMPLERS + [QUICK_REFERENCE]]
+    grids = {f"{workdir}: flow, then G": sampler_samples(cfg, state.potential_ema, x0[:10],
+                                                          QUICK_SAMPLERS + [QUICK_REFERENCE]) + [x_student[:10]]}
+    distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
+                 "critic_weight": args.critic_weight, "hidden": list(hidden),
+                 "iterations": args.iterations, "lr": args.lr, "batch": args.batch, "seed": args.seed,
+                 "pair_seconds": pair_seconds, "distill_seconds": distill_seconds,
+                 "teacher_training_seconds": teacher_seconds,
+                 "loss_first_100": float(np.mean(history["train"][:100])),
+                 "loss_last_100": float(np.mean(history["train"][-100:])),
+                 "validation_loss": history["validation"]}
+    results = {"workdir": workdir, "flow": flow, "samplers": per_sampler, "distilled": student, "distill": distilled}
+    os.makedirs(args.out, exist_ok=True)
+    figure = f"digits{args.stem}.png"
+    digit_rows_figure(grids, labels + ["G (1 NFE)"], os.path.join(args.out, figure))
+    results["floor"], floor_text = digit_floor_text(cfg, dataset, args.n)
+    val = history["validation"][-1][1] if history["validation"] else float("nan")
+    text = (f"# One-step distillation of `{workdir}`\n\nCommand: `{command_line('experiments.distill', argv)}`\n\n"
+            f"Machine: {machine()}\n\n{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s; G: MLP "
+            f"{'-'.join(map(str, hidden))} (silu), {args.iterations} Adam steps (B = {args.batch}, lr {args.lr:g}, "
+            f"cosine{f', critic weight {args.critic_weight:g}' if args.critic_weight else ''}) on "
+            f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
+            f"iterations, {teacher_seconds:.0f} s of training). Regression loss per coordinate {distilled['loss_first_100']:.4g} over the "
+            f"first 100 steps, {distilled['loss_last_100']:.4g} over the last 100, {val:.4g} on the "
+            f"{args.validation} held-out pairs. {args.n} samples from the same x0 per row.\n\n"
+            f"Each figure with its 95 % sampling interval.\n\n"
+            f"{markdown_table(['model', 'sampler', 'NFE', *DIGIT_HEADER], rows)}\n\n{floor_text}\n\n"
+            f"![digits]({figure})\n")
+    write_results(args.out, results, text, stem=args.stem)
+
+
+if __name__ == "__main__":
+    main()
