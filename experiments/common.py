@@ -12,12 +12,14 @@ import jax
 
 from w12_jax.checkpoint import CheckpointError, Checkpointer
 from w12_jax.config import Config
-from w12_jax.evaluation import measure_samplers
+from w12_jax.evaluation import DOPRI5, measure_samplers
 from w12_jax.loop import TrainingDiverged, train_and_evaluate
 from w12_jax.presets import get_preset
 from w12_jax.workdir import previous_sessions
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
+QUICK_SAMPLERS = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 5)]  # the screens' samplers
+QUICK_REFERENCE = DOPRI5  # and the screens' reference solve
 RUNS = os.environ.get("W12_EXPERIMENT_RUNS", os.path.join("runs", "experiments"))
 
 

@@ -4,7 +4,7 @@ own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptiv
     python -m experiments.distill --workdir runs/main0
     python -m experiments.distill --workdir RUN --pairs 20000 --pair-rtol 1e-4 --iterations 4000
 
-Loads the run's latest checkpoint (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
+Loads the run's latest checkpoint, or `--step`'s (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
 evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at
 `--pair-steps`), regresses G on them and scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
 from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both.
@@ -22,19 +22,16 @@ from functools import partial
 import jax
 import numpy as np
 
-from experiments.common import DIGIT_HEADER, RESULTS, command_line, digit_cells, digit_floor_text, digit_quality, \
-    digit_rows_figure, machine, markdown_table, measured, restore_digit_run, training_seconds, write_results
+from experiments.common import DIGIT_HEADER, QUICK_REFERENCE, QUICK_SAMPLERS, RESULTS, command_line, digit_cells, \
+    digit_floor_text, digit_quality, digit_rows_figure, machine, markdown_table, measured, restore_digit_run, \
+    training_seconds, write_results
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.data import load_config_dataset
 from w12_jax.distill import distill, distilled_sample
-from w12_jax.evaluation import DOPRI5, few_step_samplers, sampler_samples
+from w12_jax.evaluation import sampler_samples
 from w12_jax.networks import make_discriminator
 from w12_jax.reflow import reflow_pairs
 from w12_jax.sample import generate
-
-QUICK_SAMPLERS = [s for s in few_step_samplers() if s[0] in ("euler 1", "euler 2", "euler 5")]  # few_step --quick
-QUICK_REFERENCE = DOPRI5
-
 
 def cached_pairs(workdir: str, cfg, state, n: int, seed: int, solve: dict):
     """(x0, x1, seconds): `reflow.reflow_pairs` of the run's EMA parameters, kept in workdir/distill_pairs_<step>.npz
@@ -85,8 +82,7 @@ def main(argv=None):
                   else f"Dopri5, rtol = atol = {args.pair_rtol:g}")
     x0_pairs, x1_pairs, pair_seconds = cached_pairs(workdir, cfg, state, args.pairs, args.seed, solve)
     print(f"{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s")
-    discriminator = make_discriminator(cfg)
-    critic = partial(discriminator.apply, state.discriminator_params) if args.critic_weight else None
+    critic = partial(make_discriminator(cfg).apply, state.discriminator_params) if args.critic_weight else None
     start = time.perf_counter()
     generator, params, history = distill(x0_pairs, x1_pairs, iterations=args.iterations,
                                          key=jax.random.PRNGKey(args.seed), hidden=hidden, lr=args.lr,

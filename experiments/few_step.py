@@ -23,14 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_floor_text, \
-    digit_quality, digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, \
-    train_or_diverge, training_seconds, write_results
+from experiments.common import DIGIT_HEADER, QUICK_REFERENCE, QUICK_SAMPLERS, RESULTS, RUNS, command_line, \
+    digit_cells, digit_floor_text, digit_quality, digit_rows_figure, interval_cell, lowdim_config, machine, \
+    markdown_table, measured, train_or_diverge, training_seconds, write_results
 from w12_jax import image_metrics
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.config import Config, override, parse_assignment, with_case
 from w12_jax.data import load_config_dataset
-from w12_jax.evaluation import DOPRI5, few_step_samplers, floor_samples, sampler_samples, vector_quality
+from w12_jax.evaluation import few_step_samplers, floor_samples, sampler_samples, vector_quality
 from w12_jax.networks import atom_costs, reference_mean
 from w12_jax.presets import MAIN_PLAIN, MAIN_RELU
 from w12_jax.sample import generate
@@ -89,10 +89,6 @@ DEFAULT_VARIANTS = ("main", "adopted", "w1")
 
 
 REFERENCE = (f"euler {FINE_STEPS} (fine)", {"solver": "euler", "num_steps": FINE_STEPS})
-
-
-QUICK_SAMPLERS = [(f"euler {k}", {"solver": "euler", "num_steps": k}) for k in (1, 2, 5)]
-QUICK_REFERENCE = DOPRI5
 
 
 def samplers_of(quick: bool) -> list:

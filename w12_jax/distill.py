@@ -35,9 +35,9 @@ class OneStepGenerator(nn.Module):
         return x0 + nn.Dense(int(np.prod(x0.shape[1:])))(h).reshape(x0.shape)
 
 
-def regression_loss(generator: OneStepGenerator, params, x0, x1):
-    """mean over samples and coordinates of (G(x0) − x1)²."""
-    return jnp.mean((generator.apply(params, x0) - x1) ** 2)
+def regression_loss(g, x1):
+    """mean over samples and coordinates of (g − x1)², g = G(x0)."""
+    return jnp.mean((g - x1) ** 2)
 
 
 def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = (1024, 1024, 1024),
@@ -71,16 +71,17 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
         idx = jax.random.randint(key, (batch_size,), 0, n_train)
 
         def loss_fn(p):
-            loss = regression_loss(generator, p, train0[idx], train1[idx])
+            g = generator.apply(p, train0[idx])
+            loss = regression_loss(g, train1[idx])
             if critic is not None and critic_weight:
-                loss = loss - critic_weight * jnp.mean(critic(generator.apply(p, train0[idx])))
+                loss = loss - critic_weight * jnp.mean(critic(g))
             return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    validation_loss = jax.jit(lambda p: regression_loss(generator, p, val0, val1))
+    validation_loss = jax.jit(lambda p: regression_loss(generator.apply(p, val0), val1))
     from tqdm import tqdm
 
     losses, history_val = [], []
