@@ -3,10 +3,13 @@ own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptiv
 
     python -m experiments.distill --workdir runs/main0
     python -m experiments.distill --workdir RUN --pairs 20000 --pair-rtol 1e-4 --iterations 4000
+    python -m experiments.distill --workdir RUN --warm-iterations 8000 --iterations 1000 --critic-weight 0.01
 
 Loads the run's latest checkpoint, or `--step`'s (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
 evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at
-`--pair-steps`), regresses G on them and scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
+`--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir,
+when a critic term is on: `--critic trained` trains the run's φ beside G as the run did, `frozen` holds it) and
+scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
 from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both.
 """
 
@@ -27,11 +30,11 @@ from experiments.common import DIGIT_HEADER, QUICK_REFERENCE, QUICK_SAMPLERS, RE
     training_seconds, write_results
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.data import load_config_dataset
-from w12_jax.distill import distill, distilled_sample
+from w12_jax.distill import TrainedCritic, distill, distilled_sample
 from w12_jax.evaluation import sampler_samples
-from w12_jax.networks import make_discriminator
 from w12_jax.reflow import reflow_pairs
 from w12_jax.sample import generate
+from w12_jax.train import build_model, critic_values
 
 def cached_pairs(workdir: str, cfg, state, n: int, seed: int, solve: dict):
     """(x0, x1, seconds): `reflow.reflow_pairs` of the run's EMA parameters, kept in workdir/distill_pairs_<step>.npz
@@ -50,6 +53,26 @@ def cached_pairs(workdir: str, cfg, state, n: int, seed: int, solve: dict):
     return x0, x1, seconds
 
 
+def cached_warm_start(workdir: str, step: int, pairs_key: dict, train):
+    """(params, seconds): G regressed alone, `train()` -> (params, seconds) run once per settings and kept
+    in workdir/distill_warm_<step>_<hash>.msgpack with its settings and seconds."""
+    import hashlib
+
+    from flax import serialization
+
+    key = json.dumps(pairs_key, sort_keys=True)
+    path = os.path.join(workdir, f"distill_warm_{step}_{hashlib.sha256(key.encode()).hexdigest()[:10]}.msgpack")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            stored = serialization.msgpack_restore(f.read())
+        if stored["key"] == key:
+            return stored["params"], float(stored["seconds"])
+    params, seconds = train()
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize({"key": key, "params": jax.device_get(params), "seconds": seconds}))
+    return params, seconds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a trained run (its checkpoints/ folder)")
@@ -61,7 +84,11 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=4000)
     parser.add_argument("--hidden", default="1024,1024,1024", help="G's MLP widths")
     parser.add_argument("--critic-weight", type=float, default=0.0,
-                        help="> 0: add −w·mean φ(G(x0)), φ the run's trained critic, frozen")
+                        help="> 0: add w·mean φ(G(x0)), the flow's terminal cost, φ the run's critic")
+    parser.add_argument("--critic", choices=("trained", "frozen"), default="trained",
+                        help="φ trained beside G as the run trained it (n_critic steps per G step), or held")
+    parser.add_argument("--warm-iterations", type=int, default=0,
+                        help="regression-only steps before the --iterations with the critic term (cached)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to 0")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1, help="seed of the pairs' x0 and of G's training")
@@ -82,16 +109,32 @@ def main(argv=None):
                   else f"Dopri5, rtol = atol = {args.pair_rtol:g}")
     x0_pairs, x1_pairs, pair_seconds = cached_pairs(workdir, cfg, state, args.pairs, args.seed, solve)
     print(f"{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s")
-    critic = partial(make_discriminator(cfg).apply, state.discriminator_params) if args.critic_weight else None
+    dataset = load_config_dataset(cfg)
+    model = build_model(cfg)
+    critic = None
+    if args.critic_weight and args.critic == "frozen":
+        critic = partial(critic_values, model, state.discriminator_params)
+    elif args.critic_weight:
+        critic = TrainedCritic(model, state.discriminator_params, np.asarray(dataset.train))
+    run = partial(distill, x0_pairs, x1_pairs, hidden=hidden, lr=args.lr, batch_size=args.batch,
+                  validation=args.validation, progress=True)
+    warm, warm_seconds = None, 0.0
+    if args.warm_iterations:
+        def train_warm():
+            start = time.perf_counter()
+            _, params, _ = run(iterations=args.warm_iterations, key=jax.random.PRNGKey(args.seed))
+            return params, time.perf_counter() - start
+
+        warm, warm_seconds = cached_warm_start(workdir, int(state.step), {
+            "seed": args.seed, "solve": solve, "pairs": args.pairs, "validation": args.validation,
+            "hidden": list(hidden), "lr": args.lr, "batch": args.batch, "iterations": args.warm_iterations},
+            train_warm)
     start = time.perf_counter()
-    generator, params, history = distill(x0_pairs, x1_pairs, iterations=args.iterations,
-                                         key=jax.random.PRNGKey(args.seed), hidden=hidden, lr=args.lr,
-                                         batch_size=args.batch, validation=args.validation, critic=critic,
-                                         critic_weight=args.critic_weight, progress=True)
-    distill_seconds = time.perf_counter() - start
+    generator, params, history = run(iterations=args.iterations, key=jax.random.PRNGKey(args.seed + 1000 * bool(warm)),
+                                     critic=critic, critic_weight=args.critic_weight, init_params=warm)
+    distill_seconds = warm_seconds + time.perf_counter() - start
 
     classifier, accuracy = load_or_train_classifier()
-    dataset = load_config_dataset(cfg)
     quality = digit_quality(classifier, accuracy, dataset)
     x0, _ = generate(cfg, state.potential_ema, args.n, num_steps=1)  # PRNGKey(0): few_step's x0
     flow, per_sampler = measured(workdir, cfg, state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
@@ -101,11 +144,20 @@ def main(argv=None):
     teacher_seconds = training_seconds(workdir) * int(state.step) / cfg.iterations  # a constant-rate share
     rows = [["flow", label, r["nfe"], *digit_cells(r)] for label, r in per_sampler.items()]
     rows.append(["distilled G", "one evaluation", 1, *digit_cells(student)])
+    warm_rows, warm_labels = [], []
+    if warm is not None:  # the regression alone, from the same x0: what the critic term changed
+        x_warm = distilled_sample(generator, warm, x0)
+        results_warm = {"nfe": 1, **quality(x_warm)}
+        rows.insert(-1, ["G, regression alone", f"{args.warm_iterations} steps", 1, *digit_cells(results_warm)])
+        warm_rows, warm_labels = [x_warm[:10]], ["G alone"]
     labels = [label for label, _ in QUICK_SAMPLERS + [QUICK_REFERENCE]]
     grids = {f"{workdir}: flow, then G": sampler_samples(cfg, state.potential_ema, x0[:10],
-                                                          QUICK_SAMPLERS + [QUICK_REFERENCE]) + [x_student[:10]]}
+                                                          QUICK_SAMPLERS + [QUICK_REFERENCE]) + warm_rows + [x_student[:10]]}
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
-                 "critic_weight": args.critic_weight, "hidden": list(hidden),
+                 "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
+                 "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
+                 "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
+                 "hidden": list(hidden),
                  "iterations": args.iterations, "lr": args.lr, "batch": args.batch, "seed": args.seed,
                  "pair_seconds": pair_seconds, "distill_seconds": distill_seconds,
                  "teacher_training_seconds": teacher_seconds,
@@ -113,15 +165,21 @@ def main(argv=None):
                  "loss_last_100": float(np.mean(history["train"][-100:])),
                  "validation_loss": history["validation"]}
     results = {"workdir": workdir, "flow": flow, "samplers": per_sampler, "distilled": student, "distill": distilled}
+    if warm is not None:
+        results["warm_start"] = results_warm
     os.makedirs(args.out, exist_ok=True)
     figure = f"digits{args.stem}.png"
-    digit_rows_figure(grids, labels + ["G (1 NFE)"], os.path.join(args.out, figure))
+    digit_rows_figure(grids, labels + warm_labels + ["G (1 NFE)"], os.path.join(args.out, figure))
     results["floor"], floor_text = digit_floor_text(cfg, dataset, args.n)
     val = history["validation"][-1][1] if history["validation"] else float("nan")
+    warm_text = f"{args.warm_iterations} steps of regression, then " if args.warm_iterations else ""
+    critic_text = (f", critic term w = {args.critic_weight:g}, φ {args.critic}"
+                   + (f", its dual {distilled['dual_last_100']:.3g} over the last 100 steps"
+                      if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
     text = (f"# One-step distillation of `{workdir}`\n\nCommand: `{command_line('experiments.distill', argv)}`\n\n"
             f"Machine: {machine()}\n\n{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s; G: MLP "
-            f"{'-'.join(map(str, hidden))} (silu), {args.iterations} Adam steps (B = {args.batch}, lr {args.lr:g}, "
-            f"cosine{f', critic weight {args.critic_weight:g}' if args.critic_weight else ''}) on "
+            f"{'-'.join(map(str, hidden))} (silu), {warm_text}{args.iterations} Adam steps (B = {args.batch}, lr {args.lr:g}, "
+            f"cosine{critic_text}) on "
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
             f"iterations, {teacher_seconds:.0f} s of training). Regression loss per coordinate {distilled['loss_first_100']:.4g} over the "
             f"first 100 steps, {distilled['loss_last_100']:.4g} over the last 100, {val:.4g} on the "

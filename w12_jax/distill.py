@@ -5,11 +5,17 @@
 G(x0) = x0 + MLP(x0) is a direct map, not a gradient field, so it can fit the flow's coupling x0 ↦ Φ_T(x0)
 where a potential cannot (`reflow`: a gradient field fits the chords of an optimal-transport coupling only).
 Sampling is one evaluation of G: 1 NFE. The flow stays the W1⊕W2 solution; G only shortcuts its solve.
+
+A critic term adds the flow's own terminal cost, loss + w·mean φ(G(x0)) (`mfg.potential_objective`: the flow
+moves its samples down φ, which the critic raises on generated samples and lowers on data), with φ frozen or
+trained beside G as the flow trains its critic (`TrainedCritic`): regression for the coupling, the W1-proximal
+divergence to keep G's samples off the blends between digits that a regression returns where it cannot tell
+which digit an x0 goes to.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,6 +24,7 @@ import numpy as np
 import optax
 
 from w12_jax.networks import ACTIVATION_FNS
+from w12_jax.train import Model, critic_loss, critic_values
 
 
 class OneStepGenerator(nn.Module):
@@ -40,16 +47,29 @@ def regression_loss(g, x1):
     return jnp.mean((g - x1) ** 2)
 
 
-def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = (1024, 1024, 1024),
-            activation: str = "silu", lr: float = 1e-3, batch_size: int = 256, validation: int = 0, critic=None,
-            critic_weight: float = 0.0, progress: bool = False):
-    """(generator, params, history): `iterations` Adam steps (learning rate lr·½(1 + cos(πs/S))) of
-    `regression_loss` on batches drawn uniformly from the pairs (x0, x1) (n, *shape).
+class TrainedCritic(NamedTuple):
+    """φ trained beside G as a run trains its critic: before each G step, model.config.n_critic Adam steps
+    (model.discriminator_tx) of `train.critic_loss`, −dual(φ(G(x0)), φ(y)) + μ·GP, on a batch of G's samples
+    and one of `data` (m, *shape), starting from `params` (a trained run's φ, or fresh)."""
 
-    critic: optional per-sample score x (B, *shape) -> (B,) (a trained run's φ, frozen); the loss then adds
-    −critic_weight · mean φ(G(x0)), which moves G's samples up the critic as the flow's terminal cost does.
-    The last `validation` pairs are held out; history = {"train": (iterations,) losses, "validation": [(step,
-    loss on the held-out pairs)] every tenth of the run} (empty when validation = 0)."""
+    model: Model
+    params: Any
+    data: np.ndarray
+
+
+def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = (1024, 1024, 1024),
+            activation: str = "silu", lr: float = 1e-3, batch_size: int = 256, validation: int = 0,
+            critic: Optional[Callable | TrainedCritic] = None, critic_weight: float = 0.0, init_params=None,
+            progress: bool = False):
+    """(generator, params, history): `iterations` Adam steps (learning rate lr·½(1 + cos(πs/S))) of
+    `regression_loss` on batches drawn uniformly from the pairs (x0, x1) (n, *shape), from `init_params`
+    (default: fresh, G = identity plus a random MLP).
+
+    critic: a per-sample score x (B, *shape) -> (B,) held fixed, or a `TrainedCritic`; the loss then adds
+    critic_weight · mean φ(G(x0)), the flow's terminal cost. The last `validation` pairs are held out;
+    history = {"train": (iterations,) losses, "validation": [(step, loss on the held-out pairs)] every tenth
+    of the run} (empty when validation = 0), and with a `TrainedCritic` "dual": (iterations,) dual values of
+    its last step and "critic_params", φ at the end."""
     x0, x1 = np.asarray(x0), np.asarray(x1)
     if x0.shape != x1.shape or x0.ndim < 2:
         raise ValueError(f"pairs must both have shape (n, ...), got {x0.shape} and {x1.shape}")
@@ -62,36 +82,65 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
     val0, val1 = jnp.asarray(x0[n_train:]), jnp.asarray(x1[n_train:])
     generator = OneStepGenerator(tuple(hidden), activation)
     k_init, k_steps = jax.random.split(key)
-    params = generator.init(k_init, train0[:1])
+    params = generator.init(k_init, train0[:1]) if init_params is None else init_params
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, iterations))
     opt_state = optimizer.init(params)
+    trained, phi_state = isinstance(critic, TrainedCritic), None
+    if trained:
+        data = jnp.asarray(critic.data)
+        phi_state = (critic.params, critic.model.discriminator_tx.init(critic.params))
+
+    def critic_steps(params, phi_state, x0_batch, key):
+        """n_critic updates of φ against the data on the current G's samples; returns (phi_state, dual)."""
+        g = jax.lax.stop_gradient(generator.apply(params, x0_batch))
+        phi, opt = phi_state
+        for k in jax.random.split(key, critic.model.config.n_critic):  # unrolled: a scan ran 7x slower on CPU
+            k_data, k_gp = jax.random.split(k)
+            # the barrier keeps XLA:CPU from fusing the gather into the critic's convolutions (4x slower)
+            y = jax.lax.optimization_barrier(data[jax.random.randint(k_data, (batch_size,), 0, len(data))])
+            (_, (dual, _)), grads = jax.value_and_grad(critic_loss, argnums=1, has_aux=True)(
+                critic.model, phi, g, y, k_gp)
+            updates, opt = critic.model.discriminator_tx.update(grads, opt, phi)
+            phi = optax.apply_updates(phi, updates)
+        return (phi, opt), dual
 
     @jax.jit
-    def step(params, opt_state, key):
-        idx = jax.random.randint(key, (batch_size,), 0, n_train)
+    def step(params, opt_state, phi_state, key):
+        k_idx, k_critic = jax.random.split(key)
+        idx = jax.random.randint(k_idx, (batch_size,), 0, n_train)
+        dual = jnp.nan
+        if trained:
+            phi_state, dual = critic_steps(params, phi_state, train0[idx], k_critic)
+            score = lambda g: critic_values(critic.model, phi_state[0], g)
+        else:
+            score = critic
 
         def loss_fn(p):
             g = generator.apply(p, train0[idx])
             loss = regression_loss(g, train1[idx])
-            if critic is not None and critic_weight:
-                loss = loss - critic_weight * jnp.mean(critic(g))
+            if score is not None and critic_weight:
+                loss = loss + critic_weight * jnp.mean(score(g))
             return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, phi_state, loss, dual
 
     validation_loss = jax.jit(lambda p: regression_loss(generator.apply(p, val0), val1))
     from tqdm import tqdm
 
-    losses, history_val = [], []
+    losses, duals, history_val = [], [], []
     every = max(iterations // 10, 1)
     for i in tqdm(range(iterations), desc="distill", disable=not progress):
-        params, opt_state, loss = step(params, opt_state, jax.random.fold_in(k_steps, i))
+        params, opt_state, phi_state, loss, dual = step(params, opt_state, phi_state, jax.random.fold_in(k_steps, i))
         losses.append(loss)
+        duals.append(dual)
         if validation and ((i + 1) % every == 0 or i + 1 == iterations):
             history_val.append((i + 1, float(validation_loss(params))))
-    return generator, params, {"train": np.asarray(jnp.stack(losses)), "validation": history_val}
+    history = {"train": np.asarray(jnp.stack(losses)), "validation": history_val}
+    if trained:
+        history.update(dual=np.asarray(jnp.stack(duals)), critic_params=phi_state[0])
+    return generator, params, history
 
 
 def distilled_sample(generator: OneStepGenerator, params, x0, chunk: int = 1000) -> np.ndarray:
