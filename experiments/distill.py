@@ -7,9 +7,9 @@ own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptiv
 
 Loads the run's latest checkpoint, or `--step`'s (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
 evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at
-`--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir,
-when a critic term is on: `--critic trained` trains the run's φ beside G as the run did, `frozen` holds it) and
-scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
+`--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir
+and scored too) with `--critic-weight` w·mean φ(G(x0)) added when w > 0 (`--critic trained`: the run's φ trained
+beside G as the run trained it; `frozen`: held) and scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
 from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both.
 """
 
@@ -97,6 +97,8 @@ def main(argv=None):
     parser.add_argument("--stem", default="", help="suffix of the results files (results<stem>.json)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.warm_iterations < 0:
+        parser.error(f"--warm-iterations must be >= 0, got {args.warm_iterations}")
     if args.pairs <= args.validation:
         parser.error(f"--pairs ({args.pairs}) must exceed --validation ({args.validation})")
     hidden = tuple(int(w) for w in args.hidden.split(","))
@@ -130,8 +132,9 @@ def main(argv=None):
             "hidden": list(hidden), "lr": args.lr, "batch": args.batch, "iterations": args.warm_iterations},
             train_warm)
     start = time.perf_counter()
-    generator, params, history = run(iterations=args.iterations, key=jax.random.PRNGKey(args.seed + 1000 * bool(warm)),
-                                     critic=critic, critic_weight=args.critic_weight, init_params=warm)
+    second_seed = args.seed + 1000 * (warm is not None)  # after a warm start, batches of another stream
+    generator, params, history = run(iterations=args.iterations, key=jax.random.PRNGKey(second_seed), critic=critic,
+                                     critic_weight=args.critic_weight, init_params=warm)
     distill_seconds = warm_seconds + time.perf_counter() - start
 
     classifier, accuracy = load_or_train_classifier()
@@ -151,8 +154,8 @@ def main(argv=None):
         rows.insert(-1, ["G, regression alone", f"{args.warm_iterations} steps", 1, *digit_cells(results_warm)])
         warm_rows, warm_labels = [x_warm[:10]], ["G alone"]
     labels = [label for label, _ in QUICK_SAMPLERS + [QUICK_REFERENCE]]
-    grids = {f"{workdir}: flow, then G": sampler_samples(cfg, state.potential_ema, x0[:10],
-                                                          QUICK_SAMPLERS + [QUICK_REFERENCE]) + warm_rows + [x_student[:10]]}
+    flow_rows = sampler_samples(cfg, state.potential_ema, x0[:10], QUICK_SAMPLERS + [QUICK_REFERENCE])
+    grids = {f"{workdir}: flow, then G": flow_rows + warm_rows + [x_student[:10]]}
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
@@ -178,7 +181,8 @@ def main(argv=None):
                       if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
     text = (f"# One-step distillation of `{workdir}`\n\nCommand: `{command_line('experiments.distill', argv)}`\n\n"
             f"Machine: {machine()}\n\n{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s; G: MLP "
-            f"{'-'.join(map(str, hidden))} (silu), {warm_text}{args.iterations} Adam steps (B = {args.batch}, lr {args.lr:g}, "
+            f"{'-'.join(map(str, hidden))} (silu), {warm_text}{args.iterations} Adam steps (B = {args.batch}, "
+            f"lr {args.lr:g}, "
             f"cosine{critic_text}) on "
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
             f"iterations, {teacher_seconds:.0f} s of training). Regression loss per coordinate {distilled['loss_first_100']:.4g} over the "
