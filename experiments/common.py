@@ -155,6 +155,16 @@ def interval_cell(value: float, interval, digits: int = 3) -> str:
     return f"{value:.{digits}g} [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]"
 
 
+def seeds_cell(s: dict | None, digits: int = 3, interval: bool = True) -> str:
+    """'mean ± sd [lo, hi]' of an `intervals.seed_summary` (the Student-t interval of the mean), '–' for None."""
+    if s is None:
+        return "–"
+    if s["sd"] is None:
+        return f"{s['mean']:.{digits}g} (1 seed)"
+    lo, hi = s["interval"]
+    return f"{s['mean']:.{digits}g} ± {s['sd']:.2g}" + (f" [{lo:.{digits}g}, {hi:.{digits}g}]" if interval else "")
+
+
 def digit_cells(q: dict) -> list:
     """The DIGIT_HEADER cells of an `image_metrics.image_quality` dict, each figure with its 95 % interval."""
     return ([interval_cell(q[k], q.get(k + "_interval")) for k in ("frechet_distance", "precision", "recall",

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 
 from benchmarks.train_step import side_by_side_seconds
-from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_quality, \
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_quality, seeds_cell, \
     digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, train_or_diverge, \
     training_seconds, write_results
 from w12_jax import image_metrics, intervals
@@ -221,15 +221,6 @@ def verdict(summary: dict, sampler: str, figure: str = "frechet_distance", lower
     return "main job ahead" if main_ahead else "OT-CFM ahead"
 
 
-def _seeds_cell(s: dict | None, digits: int = 3, interval: bool = True) -> str:
-    if s is None:
-        return "–"
-    if s["sd"] is None:
-        return f"{s['mean']:.{digits}g} (1 seed)"
-    lo, hi = s["interval"]
-    return f"{s['mean']:.{digits}g} ± {s['sd']:.2g}" + (f" [{lo:.{digits}g}, {hi:.{digits}g}]" if interval else "")
-
-
 def seeds_text(runs: dict) -> str:
     """'Training seeds 0, 1, 2 of each method', or per group of methods with the same seeds."""
     by_method = {}
@@ -249,10 +240,10 @@ def mnist_text(results: dict) -> str:
     summary, floor = results["summary"], results["floor"]
     methods = [m for m in MNIST_METHODS if m in summary]
     samplers = list(next(iter(summary.values()))) if summary else []
-    fd_rows = [[label] + [_seeds_cell(summary[m][label]["frechet_distance"]) for m in methods]
+    fd_rows = [[label] + [seeds_cell(summary[m][label]["frechet_distance"]) for m in methods]
                + [verdict(summary, label)] + [verdict(summary, label, f, lower_is_better=False)
                                               for f in ("precision", "recall")] for label in samplers]
-    cover_rows = [[label, MNIST_METHODS[m][0]] + [_seeds_cell(summary[m][label][f], 2, interval=False)
+    cover_rows = [[label, MNIST_METHODS[m][0]] + [seeds_cell(summary[m][label][f], 2, interval=False)
                                                   for f in FIGURES[1:]]
                   for label in samplers for m in methods]
     floor_row = [["training digits (the floor)", *digit_cells(floor)]]

@@ -16,6 +16,7 @@ from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -87,6 +88,8 @@ def main(argv=None):
                         help="> 0: add w·mean φ(G(x0)), the flow's terminal cost, φ the run's critic")
     parser.add_argument("--critic", choices=("trained", "frozen"), default="trained",
                         help="φ trained beside G as the run trained it (n_critic steps per G step), or held")
+    parser.add_argument("--n-critic", type=int, default=None,
+                        help="Adam steps of the trained φ per G step (default: the run's n_critic)")
     parser.add_argument("--warm-iterations", type=int, default=0,
                         help="regression-only steps before the --iterations with the critic term (cached)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to 0")
@@ -97,6 +100,8 @@ def main(argv=None):
     parser.add_argument("--stem", default="", help="suffix of the results files (results<stem>.json)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.n_critic is not None and args.n_critic < 1:
+        parser.error(f"--n-critic must be >= 1, got {args.n_critic}")
     if args.warm_iterations < 0:
         parser.error(f"--warm-iterations must be >= 0, got {args.warm_iterations}")
     if args.pairs <= args.validation:
@@ -117,7 +122,8 @@ def main(argv=None):
     if args.critic_weight and args.critic == "frozen":
         critic = partial(critic_values, model, state.discriminator_params)
     elif args.critic_weight:
-        critic = TrainedCritic(model, state.discriminator_params, np.asarray(dataset.train))
+        critic_model = model if args.n_critic is None else build_model(dataclasses.replace(cfg, n_critic=args.n_critic))
+        critic = TrainedCritic(critic_model, state.discriminator_params, np.asarray(dataset.train))
     run = partial(distill, x0_pairs, x1_pairs, hidden=hidden, lr=args.lr, batch_size=args.batch,
                   validation=args.validation, progress=True)
     warm, warm_seconds = None, 0.0
@@ -158,6 +164,7 @@ def main(argv=None):
     grids = {f"{workdir}: flow, then G": flow_rows + warm_rows + [x_student[:10]]}
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
+                 "n_critic": (args.n_critic or cfg.n_critic) if args.critic_weight else None,
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
                  "hidden": list(hidden),
@@ -177,6 +184,7 @@ def main(argv=None):
     val = history["validation"][-1][1] if history["validation"] else float("nan")
     warm_text = f"{args.warm_iterations} steps of regression, then " if args.warm_iterations else ""
     critic_text = (f", critic term w = {args.critic_weight:g}, φ {args.critic}"
+                   + (f" ({distilled['n_critic']} Adam steps per G step)" if args.critic == "trained" else "")
                    + (f", its dual {distilled['dual_last_100']:.3g} over the last 100 steps"
                       if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
     text = (f"# One-step distillation of `{workdir}`\n\nCommand: `{command_line('experiments.distill', argv)}`\n\n"
