@@ -91,7 +91,8 @@ def main(argv=None):
     text = (f"# One distill recipe over {len(runs)} teacher seeds\n\nCommand: "
             f"`{command_line('experiments.distill_seeds', argv)}`\n\n"
             f"Recipe CPU seconds (teacher share + pairs + G): {seeds_cell(seconds, 4)}. Cells: mean ± sd over the "
-            f"seeds [95 % Student-t interval of the mean]; compare's rows from {args.compare} (their own seeds).\n\n"
+            f"seeds [95 % Student-t interval of the mean]; compare's rows from {os.path.relpath(args.compare)} "
+            f"(their own seeds, machine and budget).\n\n"
             f"{markdown_table(header, table)}\n\nG's class fractions (0–9, mean over seeds): "
             f"{', '.join(f'{v:.3f}' for v in fractions)}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
     os.makedirs(args.out, exist_ok=True)
