@@ -155,6 +155,11 @@ def interval_cell(value: float, interval, digits: int = 3) -> str:
     return f"{value:.{digits}g} [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]"
 
 
+# the image_metrics figures summarised over training seeds (Fréchet distance first)
+SEED_FIGURES = ("frechet_distance", "precision", "recall", "class_entropy", "min_class_fraction",
+                "nearest_train_distance")
+
+
 def seeds_cell(s: dict | None, digits: int = 3, interval: bool = True) -> str:
     """'mean ± sd [lo, hi]' of an `intervals.seed_summary` (the Student-t interval of the mean), '–' for None."""
     if s is None:

@@ -30,8 +30,8 @@ import sys
 import numpy as np
 
 from benchmarks.train_step import side_by_side_seconds
-from experiments.common import DIGIT_HEADER, RESULTS, RUNS, command_line, digit_cells, digit_quality, seeds_cell, \
-    digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, train_or_diverge, \
+from experiments.common import DIGIT_HEADER, RESULTS, RUNS, SEED_FIGURES, command_line, digit_cells, digit_quality, \
+    seeds_cell, digit_rows_figure, interval_cell, lowdim_config, machine, markdown_table, measured, train_or_diverge, \
     training_seconds, write_results
 from w12_jax import image_metrics, intervals
 from w12_jax.classifier import load_or_train_classifier
@@ -137,7 +137,6 @@ def measure(workdir: str, cfg: Config, state, x0: np.ndarray, quality) -> dict:
 
 
 PROTOCOL = 2  # the evaluation protocol of the cached measurements: fixed split, intervals, precision/recall
-FIGURES = ("frechet_distance", "precision", "recall", "class_entropy", "min_class_fraction", "nearest_train_distance")
 
 
 def _marked(run: dict, previous: dict) -> dict:
@@ -203,7 +202,7 @@ def summarize(runs: dict) -> dict:
     out = {}
     for r in runs.values():
         for label, q in r.get("samplers", {}).items():
-            for figure in FIGURES:
+            for figure in SEED_FIGURES:
                 out.setdefault(r["method"], {}).setdefault(label, {}).setdefault(figure, []).append(q[figure])
     return {m: {label: {f: intervals.seed_summary(v) for f, v in figs.items()} for label, figs in by.items()}
             for m, by in out.items()}
@@ -244,7 +243,7 @@ def mnist_text(results: dict) -> str:
                + [verdict(summary, label)] + [verdict(summary, label, f, lower_is_better=False)
                                               for f in ("precision", "recall")] for label in samplers]
     cover_rows = [[label, MNIST_METHODS[m][0]] + [seeds_cell(summary[m][label][f], 2, interval=False)
-                                                  for f in FIGURES[1:]]
+                                                  for f in SEED_FIGURES[1:]]
                   for label in samplers for m in methods]
     floor_row = [["training digits (the floor)", *digit_cells(floor)]]
     run_rows = []

@@ -18,10 +18,9 @@ import sys
 
 import numpy as np
 
-from experiments.common import RESULTS, command_line, markdown_table, seeds_cell, write_results
+from experiments.common import RESULTS, SEED_FIGURES, command_line, markdown_table, seeds_cell, write_results
 from w12_jax import intervals
 
-FIGURES = ("frechet_distance", "precision", "recall", "class_entropy", "min_class_fraction", "nearest_train_distance")
 COMPARED = {"main": "main job (1900 its)", "otcfm-direct-silu": "OT-CFM, direct field"}
 
 
@@ -33,7 +32,7 @@ def recipe_seconds(result: dict) -> float:
 
 def summarize(rows: dict[str, list[dict]]) -> dict:
     """{row: {figure: seed_summary}} over one quality dict per seed."""
-    return {row: {f: intervals.seed_summary([q[f] for q in qs]) for f in FIGURES} for row, qs in rows.items()}
+    return {row: {f: intervals.seed_summary([q[f] for q in qs]) for f in SEED_FIGURES} for row, qs in rows.items()}
 
 
 def ahead(a: dict, b: dict, name_a: str, name_b: str) -> str:
@@ -73,7 +72,7 @@ def main(argv=None):
     nfe["G (one evaluation)"] = "1"
 
     def cells(s: dict) -> list:
-        return [seeds_cell(s["frechet_distance"])] + [seeds_cell(s[f], 3, interval=False) for f in FIGURES[1:]]
+        return [seeds_cell(s["frechet_distance"])] + [seeds_cell(s[f], 3, interval=False) for f in SEED_FIGURES[1:]]
 
     for row, s in summary.items():
         table.append([row, nfe[row.split(", ", 1)[-1]], *cells(s)])
