@@ -1,7 +1,7 @@
 """One `experiments.distill` recipe over training seeds, beside experiments.compare's main job and yardstick.
 
-    python -m experiments.distill_seeds runs/distill_o/results_o.json runs/distill_o1/results_o1.json \
-        runs/distill_o2/results_o2.json --out experiments/results/distill --stem _seeds
+    python -m experiments.distill_seeds experiments/results/distill/results_q.json \
+        experiments/results/distill/results_q1.json experiments/results/distill/results_q2.json --stem _seeds_600
 
 Reads one distill results file per teacher seed and compare's results.json; writes the mean ± sd over the seeds
 with the Student-t interval of the mean (`intervals.seed_summary`) of G's one evaluation and of the teacher's own
@@ -61,21 +61,21 @@ def main(argv=None):
         compared = json.load(f)["mnist"]["summary"]
 
     samplers = list(runs[0]["samplers"])
+    nfe = {s: f"{np.mean([r['samplers'][s]['nfe'] for r in runs]):.0f}" for s in samplers}
     rows = {"G (one evaluation)": [r["distilled"] for r in runs]}
     rows.update({f"teacher, {s}": [r["samplers"][s] for r in runs] for s in samplers})
+    row_nfe = {"G (one evaluation)": "1", **{f"teacher, {s}": nfe[s] for s in samplers}}
     summary = summarize(rows)
     seconds = intervals.seed_summary([recipe_seconds(r) for r in runs])
 
     header = ["row", "NFE", "Fréchet", "precision", "recall", "class entropy", "rarest digit", "nearest train"]
     table = []
-    nfe = {s: f"{np.mean([r['samplers'][s]['nfe'] for r in runs]):.0f}" for s in samplers}
-    nfe["G (one evaluation)"] = "1"
 
     def cells(s: dict) -> list:
         return [seeds_cell(s["frechet_distance"])] + [seeds_cell(s[f], 3, interval=False) for f in SEED_FIGURES[1:]]
 
     for row, s in summary.items():
-        table.append([row, nfe[row.split(", ", 1)[-1]], *cells(s)])
+        table.append([row, row_nfe[row], *cells(s)])
     for method, name in COMPARED.items():
         for s in samplers:
             if s in compared.get(method, {}):
