@@ -10,7 +10,8 @@ evaluation uses; the last `--validation` pairs held out), solves each with Dopri
 `--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir
 and scored too) with `--critic-weight` w·mean φ(G(x0)) added when w > 0 (`--critic trained`: the run's φ trained
 beside G as the run trained it; `frozen`: held) and scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
-from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both.
+from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both. Each `--beside`
+run (another flow from the same reference, e.g. OT-CFM) is scored and drawn from the same x0 beside them.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=1000, help="evaluation samples (x0 of PRNGKey(0))")
     parser.add_argument("--out", default=os.path.join(RESULTS, "distill"))
     parser.add_argument("--stem", default="", help="suffix of the results files (results<stem>.json)")
+    parser.add_argument("--beside", action="append", default=[], metavar="WORKDIR",
+                        help="another trained run from the same reference, scored and drawn from the same x0 "
+                             "(repeatable)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.n_critic is not None and args.n_critic < 1:
@@ -109,6 +113,13 @@ def main(argv=None):
     hidden = tuple(int(w) for w in args.hidden.split(","))
     workdir = args.workdir.rstrip("/")
     state, cfg = restore_digit_run(workdir, "distill", args.step)
+    x0, _ = generate(cfg, state.potential_ema, args.n, num_steps=1)  # PRNGKey(0): few_step's x0
+    beside = {}
+    for other in (w.rstrip("/") for w in args.beside):
+        o_state, o_cfg = beside[other] = restore_digit_run(other, "distill")
+        if not np.array_equal(generate(o_cfg, o_state.potential_ema, args.n, num_steps=1)[0], x0):
+            raise SystemExit(f"--beside {other}: its reference draws other x0 than {workdir}'s; a run beside G "
+                             f"needs the same reference, reference_block included")
 
     solve = ({"solver": "euler", "num_steps": args.pair_steps} if args.pair_steps > 0
              else {"solver": "dopri5", "rtol": args.pair_rtol, "atol": args.pair_rtol})
@@ -145,7 +156,6 @@ def main(argv=None):
 
     classifier, accuracy = load_or_train_classifier()
     quality = digit_quality(classifier, accuracy, dataset)
-    x0, _ = generate(cfg, state.potential_ema, args.n, num_steps=1)  # PRNGKey(0): few_step's x0
     flow, per_sampler = measured(workdir, cfg, state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
                                  f"few_step_quick_{int(state.step)}.json")
     x_student = distilled_sample(generator, params, x0)
@@ -162,6 +172,18 @@ def main(argv=None):
     labels = [label for label, _ in QUICK_SAMPLERS + [QUICK_REFERENCE]]
     flow_rows = sampler_samples(cfg, state.potential_ema, x0[:10], QUICK_SAMPLERS + [QUICK_REFERENCE])
     grids = {f"{workdir}: flow, then G": flow_rows + warm_rows + [x_student[:10]]}
+    results_beside = {}
+    for other, (o_state, o_cfg) in beside.items():
+        o_flow, o_samplers = measured(other, o_cfg, o_state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
+                                      f"few_step_quick_{int(o_state.step)}.json")
+        results_beside[other] = {"flow": o_flow, "samplers": o_samplers, "objective": o_cfg.objective,
+                                 "velocity_field": o_cfg.velocity_field, "iterations": int(o_state.step),
+                                 "training_seconds": training_seconds(other) * int(o_state.step) / o_cfg.iterations}
+        rows += [[other, label, r["nfe"], *digit_cells(r)] for label, r in o_samplers.items()]
+        blank = np.full_like(x_student[:10], 0.5)  # no G of this run: a grey strip
+        grids[f"{other}: flow"] = (sampler_samples(o_cfg, o_state.potential_ema, x0[:10],
+                                                   QUICK_SAMPLERS + [QUICK_REFERENCE])
+                                   + [blank] * (len(warm_rows) + 1))
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
                  "n_critic": (args.n_critic or cfg.n_critic) if args.critic_weight else None,
@@ -177,6 +199,8 @@ def main(argv=None):
     results = {"workdir": workdir, "flow": flow, "samplers": per_sampler, "distilled": student, "distill": distilled}
     if warm is not None:
         results["warm_start"] = results_warm
+    if results_beside:
+        results["beside"] = results_beside
     os.makedirs(args.out, exist_ok=True)
     figure = f"digits{args.stem}.png"
     digit_rows_figure(grids, labels + warm_labels + ["G (1 NFE)"], os.path.join(args.out, figure))
@@ -195,7 +219,10 @@ def main(argv=None):
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
             f"iterations, {teacher_seconds:.0f} s of training). Regression loss per coordinate {distilled['loss_first_100']:.4g} over the "
             f"first 100 steps, {distilled['loss_last_100']:.4g} over the last 100, {val:.4g} on the "
-            f"{args.validation} held-out pairs. {args.n} samples from the same x0 per row.\n\n"
+            f"{args.validation} held-out pairs. {args.n} samples from the same x0 per row"
+            + "".join(f"; {o}: {r['objective']}, {r['velocity_field']} field, {r['iterations']} iterations, "
+                      f"{r['training_seconds']:.0f} s of training" for o, r in results_beside.items())
+            + ".\n\n"
             f"Each figure with its 95 % sampling interval.\n\n"
             f"{markdown_table(['model', 'sampler', 'NFE', *DIGIT_HEADER], rows)}\n\n{floor_text}\n\n"
             f"![digits]({figure})\n")
