@@ -87,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--hidden", default="1024,1024,1024", help="G's MLP widths")
     parser.add_argument("--critic-weight", type=float, default=0.0,
                         help="> 0: add w·mean φ(G(x0)), the flow's terminal cost, φ the run's critic")
+    parser.add_argument("--regression-weight", type=float, default=1.0,
+                        help="r of r·MSE + w·mean φ(G(x0)) in the critic phase (0: the critic alone)")
     parser.add_argument("--critic", choices=("trained", "frozen"), default="trained",
                         help="φ trained beside G as the run trained it (n_critic steps per G step), or held")
     parser.add_argument("--n-critic", type=int, default=None,
@@ -106,6 +108,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.n_critic is not None and args.n_critic < 1:
         parser.error(f"--n-critic must be >= 1, got {args.n_critic}")
+    if args.regression_weight < 0 or (args.regression_weight == 0 and not args.critic_weight):
+        parser.error(f"--regression-weight must be >= 0, and > 0 without --critic-weight, got {args.regression_weight}")
     if args.warm_iterations < 0:
         parser.error(f"--warm-iterations must be >= 0, got {args.warm_iterations}")
     if args.pairs <= args.validation:
@@ -151,7 +155,8 @@ def main(argv=None):
     start = time.perf_counter()
     second_seed = args.seed + 1000 * (warm is not None)  # after a warm start, batches of another stream
     generator, params, history = run(iterations=args.iterations, key=jax.random.PRNGKey(second_seed), critic=critic,
-                                     critic_weight=args.critic_weight, init_params=warm)
+                                     critic_weight=args.critic_weight, regression_weight=args.regression_weight,
+                                     init_params=warm)
     distill_seconds = warm_seconds + time.perf_counter() - start
 
     classifier, accuracy = load_or_train_classifier()
@@ -186,6 +191,7 @@ def main(argv=None):
                                    + [blank] * (len(warm_rows) + 1))
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
+                 "regression_weight": args.regression_weight,
                  "n_critic": (args.n_critic or cfg.n_critic) if args.critic_weight else None,
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
@@ -207,7 +213,9 @@ def main(argv=None):
     results["floor"], floor_text = digit_floor_text(cfg, dataset, args.n)
     val = history["validation"][-1][1] if history["validation"] else float("nan")
     warm_text = f"{args.warm_iterations} steps of regression, then " if args.warm_iterations else ""
-    critic_text = (f", critic term w = {args.critic_weight:g}, φ {args.critic}"
+    critic_text = (f", critic term w = {args.critic_weight:g}"
+                   + (f", regression weight {args.regression_weight:g}" if args.regression_weight != 1 else "")
+                   + f", φ {args.critic}"
                    + (f" ({distilled['n_critic']} Adam steps per G step)" if args.critic == "trained" else "")
                    + (f", its dual {distilled['dual_last_100']:.3g} over the last 100 steps"
                       if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
@@ -217,9 +225,10 @@ def main(argv=None):
             f"lr {args.lr:g}, "
             f"cosine{critic_text}) on "
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
-            f"iterations, {teacher_seconds:.0f} s of training). Regression loss per coordinate {distilled['loss_first_100']:.4g} over the "
-            f"first 100 steps, {distilled['loss_last_100']:.4g} over the last 100, {val:.4g} on the "
-            f"{args.validation} held-out pairs. {args.n} samples from the same x0 per row"
+            f"iterations, {teacher_seconds:.0f} s of training). Training loss (with the critic term) "
+            f"{distilled['loss_first_100']:.4g} over the first 100 steps, {distilled['loss_last_100']:.4g} over the "
+            f"last 100; regression loss per coordinate {val:.4g} on the {args.validation} held-out pairs. "
+            f"{args.n} samples from the same x0 per row"
             + "".join(f"; {o}: {r['objective']}, {r['velocity_field']} field, {r['iterations']} iterations, "
                       f"{r['training_seconds']:.0f} s of training" for o, r in results_beside.items())
             + ".\n\n"

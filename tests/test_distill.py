@@ -41,17 +41,21 @@ def test_distill_refuses_pairs_that_do_not_match():
         distill(x, x[:, :2], iterations=1, key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="validation"):
         distill(x, x, iterations=1, key=jax.random.PRNGKey(0), validation=10)
+    with pytest.raises(ValueError, match="regression_weight"):  # nothing left to train
+        distill(x, x, iterations=1, key=jax.random.PRNGKey(0), regression_weight=0.0)
 
 
-def test_the_critic_term_shifts_the_optimum_by_its_closed_form():
-    """With x1 = x0 and the linear score φ(x) = Σ_j x_j, the loss mean_j (g_j − x_j)² + w Σ_j g_j over d
-    coordinates is least at g = x − w·d/2 in every coordinate: down the critic, as the flow's terminal cost
-    moves its samples; −0.03 for w = 0.02, d = 3."""
+@pytest.mark.parametrize("regression_weight, expected", [(1.0, -0.03), (0.5, -0.06)])
+def test_the_critic_term_shifts_the_optimum_by_its_closed_form(regression_weight, expected):
+    """With x1 = x0 and the linear score φ(x) = Σ_j x_j, the loss r·mean_j (g_j − x_j)² + w Σ_j g_j over d
+    coordinates is least at g = x − w·d/(2r) in every coordinate: down the critic, as the flow's terminal cost
+    moves its samples; −0.03 for w = 0.02, d = 3, r = 1, twice that at r = 1/2."""
     x0 = np.random.default_rng(1).normal(size=(1000, 3)).astype(np.float32)
     generator, params, _ = distill(x0, x0, iterations=800, key=jax.random.PRNGKey(0), hidden=(32,), lr=3e-3,
-                                   critic=lambda x: x.sum(axis=-1), critic_weight=0.02)
+                                   critic=lambda x: x.sum(axis=-1), critic_weight=0.02,
+                                   regression_weight=regression_weight)
     shift = distilled_sample(generator, params, x0[:200]) - x0[:200]
-    np.testing.assert_allclose(shift.mean(axis=0), -0.03, atol=0.004)
+    np.testing.assert_allclose(shift.mean(axis=0), expected, atol=0.004)
 
 
 def test_a_trained_critic_pulls_the_generator_to_the_data_by_the_balance_of_both_terms():

@@ -59,22 +59,25 @@ class TrainedCritic(NamedTuple):
 
 def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = (1024, 1024, 1024),
             activation: str = "silu", lr: float = 1e-3, batch_size: int = 256, validation: int = 0,
-            critic: Optional[Callable | TrainedCritic] = None, critic_weight: float = 0.0, init_params=None,
-            progress: bool = False):
+            critic: Optional[Callable | TrainedCritic] = None, critic_weight: float = 0.0,
+            regression_weight: float = 1.0, init_params=None, progress: bool = False):
     """(generator, params, history): `iterations` Adam steps (learning rate lr·½(1 + cos(πs/S))) of
     `regression_loss` on batches drawn uniformly from the pairs (x0, x1) (n, *shape), from `init_params`
     (default: fresh, G = identity plus a random MLP).
 
-    critic: a per-sample score x (B, *shape) -> (B,) held fixed, or a `TrainedCritic`; the loss then adds
-    critic_weight · mean φ(G(x0)), the flow's terminal cost. The last `validation` pairs are held out;
-    history = {"train": (iterations,) losses, "validation": [(step, loss on the held-out pairs)] every tenth
-    of the run} (empty when validation = 0), and with a `TrainedCritic` "dual": (iterations,) dual values of
-    its last step and "critic_params", φ at the end."""
+    critic: a per-sample score x (B, *shape) -> (B,) held fixed, or a `TrainedCritic`; the loss is then
+    regression_weight · regression_loss + critic_weight · mean φ(G(x0)), the flow's terminal cost
+    (regression_weight = 0: a generator trained against the critic alone, the pairs only its x0). The last
+    `validation` pairs are held out; history = {"train": (iterations,) losses, "validation": [(step,
+    regression_loss on the held-out pairs)] every tenth of the run} (empty when validation = 0), and with a
+    `TrainedCritic` "dual": (iterations,) dual values of its last step and "critic_params", φ at the end."""
     x0, x1 = np.asarray(x0), np.asarray(x1)
     if x0.shape != x1.shape or x0.ndim < 2:
         raise ValueError(f"pairs must both have shape (n, ...), got {x0.shape} and {x1.shape}")
     if iterations < 1 or batch_size < 1:
         raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
+    if regression_weight < 0 or (regression_weight == 0 and not (critic is not None and critic_weight)):
+        raise ValueError(f"regression_weight must be >= 0, and > 0 without a critic term, got {regression_weight}")
     if not 0 <= validation < len(x0):
         raise ValueError(f"validation must leave training pairs: 0 <= validation < {len(x0)}, got {validation}")
     n_train = len(x0) - validation
@@ -117,7 +120,7 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
 
         def loss_fn(p):
             g = generator.apply(p, train0[idx])
-            loss = regression_loss(g, train1[idx])
+            loss = regression_weight * regression_loss(g, train1[idx])
             if score is not None and critic_weight:
                 loss = loss + critic_weight * jnp.mean(score(g))
             return loss
