@@ -225,9 +225,10 @@ def main(argv=None):
             f"lr {args.lr:g}, "
             f"cosine{critic_text}) on "
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
-            f"iterations, {teacher_seconds:.0f} s of training). Training loss (with the critic term) "
-            f"{distilled['loss_first_100']:.4g} over the first 100 steps, {distilled['loss_last_100']:.4g} over the "
-            f"last 100; regression loss per coordinate {val:.4g} on the {args.validation} held-out pairs. "
+            f"iterations, {teacher_seconds:.0f} s of training). Training loss"
+            f"{' (with the critic term)' if args.critic_weight else ''} {distilled['loss_first_100']:.4g} over the "
+            f"first 100 steps, {distilled['loss_last_100']:.4g} over the last 100; regression loss per coordinate "
+            f"{val:.4g} on the {args.validation} held-out pairs. "
             f"{args.n} samples from the same x0 per row"
             + "".join(f"; {o}: {r['objective']}, {r['velocity_field']} field, {r['iterations']} iterations, "
                       f"{r['training_seconds']:.0f} s of training" for o, r in results_beside.items())
