@@ -161,11 +161,19 @@ def main(argv=None):
 
     classifier, accuracy = load_or_train_classifier()
     quality = digit_quality(classifier, accuracy, dataset)
-    flow, per_sampler = measured(workdir, cfg, state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
-                                 f"few_step_quick_{int(state.step)}.json")
+    samplers = QUICK_SAMPLERS + [QUICK_REFERENCE]
+
+    def scored_flow(run_dir: str, run_state, run_cfg) -> tuple[dict, dict, list, float]:
+        """(flow, per-sampler quality, the first ten samples per sampler, training seconds up to the checkpoint:
+        a constant-rate share) of a run's EMA flow from the shared x0."""
+        flow, per_sampler = measured(run_dir, run_cfg, run_state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
+                                     f"few_step_quick_{int(run_state.step)}.json")
+        return (flow, per_sampler, sampler_samples(run_cfg, run_state.potential_ema, x0[:10], samplers),
+                training_seconds(run_dir) * int(run_state.step) / run_cfg.iterations)
+
+    flow, per_sampler, flow_rows, teacher_seconds = scored_flow(workdir, state, cfg)
     x_student = distilled_sample(generator, params, x0)
     student = {"nfe": 1, **quality(x_student)}
-    teacher_seconds = training_seconds(workdir) * int(state.step) / cfg.iterations  # a constant-rate share
     rows = [["flow", label, r["nfe"], *digit_cells(r)] for label, r in per_sampler.items()]
     rows.append(["distilled G", "one evaluation", 1, *digit_cells(student)])
     warm_rows, warm_labels = [], []
@@ -174,21 +182,17 @@ def main(argv=None):
         results_warm = {"nfe": 1, **quality(x_warm)}
         rows.insert(-1, ["G, regression alone", f"{args.warm_iterations} steps", 1, *digit_cells(results_warm)])
         warm_rows, warm_labels = [x_warm[:10]], ["G alone"]
-    labels = [label for label, _ in QUICK_SAMPLERS + [QUICK_REFERENCE]]
-    flow_rows = sampler_samples(cfg, state.potential_ema, x0[:10], QUICK_SAMPLERS + [QUICK_REFERENCE])
+    labels = [label for label, _ in samplers]
     grids = {f"{workdir}: flow, then G": flow_rows + warm_rows + [x_student[:10]]}
     results_beside = {}
     for other, (o_state, o_cfg) in beside.items():
-        o_flow, o_samplers = measured(other, o_cfg, o_state, x0, quality, QUICK_SAMPLERS, QUICK_REFERENCE, {},
-                                      f"few_step_quick_{int(o_state.step)}.json")
+        o_flow, o_samplers, o_rows, o_seconds = scored_flow(other, o_state, o_cfg)
         results_beside[other] = {"flow": o_flow, "samplers": o_samplers, "objective": o_cfg.objective,
                                  "velocity_field": o_cfg.velocity_field, "iterations": int(o_state.step),
-                                 "training_seconds": training_seconds(other) * int(o_state.step) / o_cfg.iterations}
+                                 "training_seconds": o_seconds}
         rows += [[other, label, r["nfe"], *digit_cells(r)] for label, r in o_samplers.items()]
         blank = np.full_like(x_student[:10], 0.5)  # no G of this run: a grey strip
-        grids[f"{other}: flow"] = (sampler_samples(o_cfg, o_state.potential_ema, x0[:10],
-                                                   QUICK_SAMPLERS + [QUICK_REFERENCE])
-                                   + [blank] * (len(warm_rows) + 1))
+        grids[f"{other}: flow"] = o_rows + [blank] * (len(warm_rows) + 1)
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
                  "regression_weight": args.regression_weight,
