@@ -32,7 +32,7 @@ from experiments.common import DIGIT_HEADER, QUICK_REFERENCE, QUICK_SAMPLERS, RE
     training_seconds, write_results
 from w12_jax.classifier import load_or_train_classifier
 from w12_jax.data import load_config_dataset
-from w12_jax.distill import TrainedCritic, distill, distilled_sample
+from w12_jax.distill import GENERATORS, TrainedCritic, distill, distilled_sample
 from w12_jax.evaluation import sampler_samples
 from w12_jax.reflow import reflow_pairs
 from w12_jax.sample import generate
@@ -84,7 +84,10 @@ def main(argv=None):
     parser.add_argument("--pair-rtol", type=float, default=1e-4, help="Dopri5 rtol = atol of the teacher's solve")
     parser.add_argument("--pair-steps", type=int, default=0, help="> 0: Euler with this many steps instead")
     parser.add_argument("--iterations", type=int, default=4000)
+    parser.add_argument("--generator", choices=GENERATORS, default="mlp",
+                        help="G: x0 + MLP(x0), or an MLP into a conv decoder (w12_jax.distill.ConvGenerator)")
     parser.add_argument("--hidden", default="1024,1024,1024", help="G's MLP widths")
+    parser.add_argument("--channels", default="64,32,16", help="the conv decoder's widths (--generator conv)")
     parser.add_argument("--critic-weight", type=float, default=0.0,
                         help="> 0: add w·mean φ(G(x0)), the flow's terminal cost, φ the run's critic")
     parser.add_argument("--regression-weight", type=float, default=1.0,
@@ -115,6 +118,7 @@ def main(argv=None):
     if args.pairs <= args.validation:
         parser.error(f"--pairs ({args.pairs}) must exceed --validation ({args.validation})")
     hidden = tuple(int(w) for w in args.hidden.split(","))
+    channels = tuple(int(w) for w in args.channels.split(","))
     workdir = args.workdir.rstrip("/")
     state, cfg = restore_digit_run(workdir, "distill", args.step)
     x0, _ = generate(cfg, state.potential_ema, args.n, num_steps=1)  # PRNGKey(0): few_step's x0
@@ -140,7 +144,8 @@ def main(argv=None):
         critic_model = model if args.n_critic is None else build_model(dataclasses.replace(cfg, n_critic=args.n_critic))
         critic = TrainedCritic(critic_model, state.discriminator_params, np.asarray(dataset.train))
     run = partial(distill, x0_pairs, x1_pairs, hidden=hidden, lr=args.lr, batch_size=args.batch,
-                  validation=args.validation, progress=True)
+                  validation=args.validation, progress=True, architecture=args.generator, channels=channels)
+    conv = {"generator": args.generator, "channels": list(channels)} if args.generator == "conv" else {}
     warm, warm_seconds = None, 0.0
     if args.warm_iterations:
         def train_warm():
@@ -150,7 +155,8 @@ def main(argv=None):
 
         warm, warm_seconds = cached_warm_start(workdir, int(state.step), {
             "seed": args.seed, "solve": solve, "pairs": args.pairs, "validation": args.validation,
-            "hidden": list(hidden), "lr": args.lr, "batch": args.batch, "iterations": args.warm_iterations},
+            "hidden": list(hidden), "lr": args.lr, "batch": args.batch, "iterations": args.warm_iterations,
+            **conv},
             train_warm)
     start = time.perf_counter()
     second_seed = args.seed + 1000 * (warm is not None)  # after a warm start, batches of another stream
@@ -199,7 +205,8 @@ def main(argv=None):
                  "n_critic": (args.n_critic or cfg.n_critic) if args.critic_weight else None,
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
-                 "hidden": list(hidden),
+                 "generator": args.generator, "hidden": list(hidden),
+                 "channels": list(channels) if args.generator == "conv" else None,
                  "iterations": args.iterations, "lr": args.lr, "batch": args.batch, "seed": args.seed,
                  "pair_seconds": pair_seconds, "distill_seconds": distill_seconds,
                  "teacher_training_seconds": teacher_seconds,
@@ -216,6 +223,8 @@ def main(argv=None):
     digit_rows_figure(grids, labels + warm_labels + ["G (1 NFE)"], os.path.join(args.out, figure))
     results["floor"], floor_text = digit_floor_text(cfg, dataset, args.n)
     val = history["validation"][-1][1] if history["validation"] else float("nan")
+    generator_text = (f"x0 + MLP {'-'.join(map(str, hidden))} (silu)" if args.generator == "mlp" else
+                      f"MLP {'-'.join(map(str, hidden))} into a conv decoder {'-'.join(map(str, channels))} (silu)")
     warm_text = f"{args.warm_iterations} steps of regression, then " if args.warm_iterations else ""
     critic_text = (f", critic term w = {args.critic_weight:g}"
                    + (f", regression weight {args.regression_weight:g}" if args.regression_weight != 1 else "")
@@ -224,8 +233,8 @@ def main(argv=None):
                    + (f", its dual {distilled['dual_last_100']:.3g} over the last 100 steps"
                       if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
     text = (f"# One-step distillation of `{workdir}`\n\nCommand: `{command_line('experiments.distill', argv)}`\n\n"
-            f"Machine: {machine()}\n\n{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s; G: MLP "
-            f"{'-'.join(map(str, hidden))} (silu), {warm_text}{args.iterations} Adam steps (B = {args.batch}, "
+            f"Machine: {machine()}\n\n{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s; G: {generator_text}, "
+            f"{warm_text}{args.iterations} Adam steps (B = {args.batch}, "
             f"lr {args.lr:g}, "
             f"cosine{critic_text}) on "
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "

@@ -76,3 +76,30 @@ def test_a_trained_critic_pulls_the_generator_to_the_data_by_the_balance_of_both
     assert abs(shift[0] - 0.5) < 0.06, shift
     assert abs(shift[1]) < 0.06, shift
     assert np.isfinite(history["dual"]).all()
+
+
+def test_the_conv_generator_fits_an_image_turn_and_refuses_what_it_cannot_draw():
+    """x1 = x0 turned a quarter on 8×8 images: a permutation of the pixels of order 4, so its Jacobian is not
+    symmetric and no potential's step reaches it. `ConvGenerator` (an MLP into a 2×2 → 8×8 conv decoder) lands
+    on x1 for fresh x0 within 15 % of the distance travelled after 800 steps (8 % measured); untrained, it is off by more
+    than half of it. It draws images only, on grids its decoder can double to."""
+    rng = np.random.default_rng(3)
+    x0 = rng.uniform(size=(2000, 8, 8, 1)).astype(np.float32)
+    test_x0 = rng.uniform(size=(300, 8, 8, 1)).astype(np.float32)
+    turn = lambda x: np.rot90(x, axes=(1, 2)).copy()
+    travel = np.mean(np.linalg.norm((turn(test_x0) - test_x0).reshape(300, -1), axis=-1))
+
+    def error(generator, params):
+        miss = distilled_sample(generator, params, test_x0) - turn(test_x0)
+        return np.mean(np.linalg.norm(miss.reshape(300, -1), axis=-1)) / travel
+
+    kw = dict(key=jax.random.PRNGKey(0), hidden=(256,), architecture="conv", channels=(32, 16, 8))
+    generator, params, _ = distill(x0, turn(x0), iterations=800, lr=3e-3, **kw)
+    assert error(generator, generator.init(jax.random.PRNGKey(1), x0[:1])) > 0.5
+    assert error(generator, params) < 0.15
+    with pytest.raises(ValueError, match="images"):
+        distill(x0.reshape(2000, -1), x0.reshape(2000, -1), iterations=1, **kw)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        distill(x0[:, :6, :6], x0[:, :6, :6], iterations=1, **kw)
+    with pytest.raises(ValueError, match="architecture"):
+        distill(x0, x0, iterations=1, key=jax.random.PRNGKey(0), architecture="unet")

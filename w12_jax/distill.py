@@ -42,6 +42,50 @@ class OneStepGenerator(nn.Module):
         return x0 + nn.Dense(int(np.prod(x0.shape[1:])))(h).reshape(x0.shape)
 
 
+class ConvGenerator(nn.Module):
+    """G(x0) = decoder(MLP(flatten x0)): (B, H, W, C) -> (B, H, W, C), H and W divisible by 2^len(channels).
+    The MLP's last layer maps to an (H/2^k, W/2^k, channels[0]) grid; each later width c doubles the grid with a
+    3×3 conv to 4c channels and a depth-to-space (sub-pixel) shuffle; a last 3×3 conv gives C channels. The
+    DCGAN shape, x0 its latent: the MLP decides what to draw, the convs draw strokes that are local."""
+
+    hidden: Sequence[int] = (1024,)
+    channels: Sequence[int] = (64, 32, 16)
+    activation: str = "silu"
+
+    @nn.compact
+    def __call__(self, x0):
+        act = ACTIVATION_FNS[self.activation]
+        if x0.ndim != 4:
+            raise ValueError(f"ConvGenerator draws images (B, H, W, C), got x0 of shape {x0.shape}")
+        b, h, w, c = x0.shape
+        scale = 2 ** (len(self.channels) - 1)
+        if h % scale or w % scale:
+            raise ValueError(f"ConvGenerator with {len(self.channels)} widths needs H and W divisible by {scale}, "
+                             f"got {x0.shape[1:]}")
+        z = x0.reshape(b, -1)
+        for width in self.hidden:
+            z = act(nn.Dense(width)(z))
+        z = act(nn.Dense(h // scale * w // scale * self.channels[0])(z)).reshape(b, h // scale, w // scale, -1)
+        for width in self.channels[1:]:
+            z = nn.Conv(4 * width, (3, 3))(z)
+            gh, gw = z.shape[1:3]
+            z = act(z.reshape(b, gh, gw, 2, 2, width).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * gh, 2 * gw, width))
+        return nn.Conv(c, (3, 3))(z)
+
+
+GENERATORS = ("mlp", "conv")
+
+
+def make_generator(architecture: str, hidden: Sequence[int], activation: str = "silu",
+                   channels: Sequence[int] = (64, 32, 16)) -> nn.Module:
+    """`OneStepGenerator(hidden)` for "mlp", `ConvGenerator(hidden, channels)` for "conv" (images only)."""
+    if architecture == "mlp":
+        return OneStepGenerator(tuple(hidden), activation)
+    if architecture == "conv":
+        return ConvGenerator(tuple(hidden), tuple(channels), activation)
+    raise ValueError(f"generator architecture must be one of {GENERATORS}, got {architecture!r}")
+
+
 def regression_loss(g, x1):
     """mean over samples and coordinates of (g − x1)², g = G(x0)."""
     return jnp.mean((g - x1) ** 2)
@@ -60,10 +104,11 @@ class TrainedCritic(NamedTuple):
 def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = (1024, 1024, 1024),
             activation: str = "silu", lr: float = 1e-3, batch_size: int = 256, validation: int = 0,
             critic: Optional[Callable | TrainedCritic] = None, critic_weight: float = 0.0,
-            regression_weight: float = 1.0, init_params=None, progress: bool = False):
+            regression_weight: float = 1.0, init_params=None, progress: bool = False, architecture: str = "mlp",
+            channels: Sequence[int] = (64, 32, 16)):
     """(generator, params, history): `iterations` Adam steps (learning rate lr·½(1 + cos(πs/S))) of
     `regression_loss` on batches drawn uniformly from the pairs (x0, x1) (n, *shape), from `init_params`
-    (default: fresh, G = identity plus a random MLP).
+    (default: fresh); G is `make_generator(architecture, hidden, activation, channels)`.
 
     critic: a per-sample score x (B, *shape) -> (B,) held fixed, or a `TrainedCritic`; the loss is then
     regression_weight · regression_loss + critic_weight · mean φ(G(x0)), the flow's terminal cost
@@ -83,7 +128,7 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
     n_train = len(x0) - validation
     train0, train1 = jnp.asarray(x0[:n_train]), jnp.asarray(x1[:n_train])
     val0, val1 = jnp.asarray(x0[n_train:]), jnp.asarray(x1[n_train:])
-    generator = OneStepGenerator(tuple(hidden), activation)
+    generator = make_generator(architecture, hidden, activation, channels)
     k_init, k_steps = jax.random.split(key)
     params = generator.init(k_init, train0[:1]) if init_params is None else init_params
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, iterations))
