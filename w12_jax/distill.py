@@ -46,10 +46,10 @@ class OneStepGenerator(nn.Module):
 
 
 class ConvGenerator(nn.Module):
-    """G(x0) = decoder(MLP(flatten x0)): (B, H, W, C) -> (B, H, W, C), H and W divisible by 2^len(channels).
-    The MLP's last layer maps to an (H/2^k, W/2^k, channels[0]) grid; each later width c doubles the grid with a
-    3×3 conv to 4c channels and a depth-to-space (sub-pixel) shuffle; a last 3×3 conv gives C channels. The
-    DCGAN shape, x0 its latent: the MLP decides what to draw, the convs draw strokes that are local."""
+    """G(x0) = decoder(MLP(flatten x0)): (B, H, W, C) -> (B, H, W, C), H and W divisible by 2^k, k =
+    len(channels) − 1. The MLP's last layer maps to an (H/2^k, W/2^k, channels[0]) grid; each later width c
+    doubles the grid with a 3×3 conv to 4c channels and a depth-to-space (sub-pixel) shuffle; a last 3×3 conv
+    gives C channels. The DCGAN shape, x0 its latent: the MLP decides what to draw, the convs draw local strokes."""
 
     hidden: Sequence[int] = (1024,)
     channels: Sequence[int] = (64, 32, 16)
