@@ -103,6 +103,9 @@ def main(argv=None):
     parser.add_argument("--warm-iterations", type=int, default=0,
                         help="regression-only steps before the --iterations with the critic term (cached)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to 0")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="d > 0: also score the moving average of G's parameters over the critic phase "
+                             "(e ← d·e + (1 − d)·p per step), beside the last parameters")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1, help="seed of the pairs' x0 and of G's training")
     parser.add_argument("--n", type=int, default=1000, help="evaluation samples (x0 of PRNGKey(0))")
@@ -117,6 +120,8 @@ def main(argv=None):
         parser.error(f"--n-critic must be >= 1, got {args.n_critic}")
     if args.regression_weight < 0 or (args.regression_weight == 0 and not args.critic_weight):
         parser.error(f"--regression-weight must be >= 0, and > 0 without --critic-weight, got {args.regression_weight}")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.warm_iterations < 0:
         parser.error(f"--warm-iterations must be >= 0, got {args.warm_iterations}")
     if args.pairs <= args.validation:
@@ -166,7 +171,7 @@ def main(argv=None):
     second_seed = args.seed + 1000 * (warm is not None)  # after a warm start, batches of another stream
     generator, params, history = run(iterations=args.iterations, key=jax.random.PRNGKey(second_seed), critic=critic,
                                      critic_weight=args.critic_weight, regression_weight=args.regression_weight,
-                                     init_params=warm)
+                                     init_params=warm, ema_decay=args.ema_decay)
     distill_seconds = warm_seconds + time.perf_counter() - start
 
     classifier, accuracy = load_or_train_classifier()
@@ -192,8 +197,14 @@ def main(argv=None):
         results_warm = {"nfe": 1, **quality(x_warm)}
         rows.insert(-1, ["G, regression alone", f"{args.warm_iterations} steps", 1, *digit_cells(results_warm)])
         warm_rows, warm_labels = [x_warm[:10]], ["G alone"]
+    ema_rows, ema_labels = [], []
+    if args.ema_decay:  # the same run's parameter average: G at no extra training
+        x_ema = distilled_sample(generator, history["ema_params"], x0)
+        student_ema = {"nfe": 1, **quality(x_ema)}
+        rows.append([f"distilled G, EMA {args.ema_decay:g}", "one evaluation", 1, *digit_cells(student_ema)])
+        ema_rows, ema_labels = [x_ema[:10]], ["G EMA"]
     labels = [label for label, _ in samplers]
-    grids = {f"{workdir}: flow, then G": flow_rows + warm_rows + [x_student[:10]]}
+    grids = {f"{workdir}: flow, then G": flow_rows + warm_rows + [x_student[:10]] + ema_rows}
     results_beside = {}
     for other, (o_state, o_cfg) in beside.items():
         o_flow, o_samplers, o_rows, o_seconds = scored_flow(other, o_state, o_cfg)
@@ -202,7 +213,7 @@ def main(argv=None):
                                  "training_seconds": o_seconds}
         rows += [[other, label, r["nfe"], *digit_cells(r)] for label, r in o_samplers.items()]
         blank = np.full_like(x_student[:10], 0.5)  # no G of this run: a grey strip
-        grids[f"{other}: flow"] = o_rows + [blank] * (len(warm_rows) + 1)
+        grids[f"{other}: flow"] = o_rows + [blank] * (len(warm_rows) + 1 + len(ema_rows))
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
                  "regression_weight": args.regression_weight,
@@ -211,7 +222,8 @@ def main(argv=None):
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
                  "generator": args.generator, "hidden": list(hidden),
                  "channels": list(channels) if args.generator == "conv" else None,
-                 "iterations": args.iterations, "lr": args.lr, "batch": args.batch, "seed": args.seed,
+                 "iterations": args.iterations, "lr": args.lr, "ema_decay": args.ema_decay, "batch": args.batch,
+                 "seed": args.seed,
                  "pair_seconds": pair_seconds, "distill_seconds": distill_seconds,
                  "teacher_training_seconds": teacher_seconds,
                  "loss_first_100": float(np.mean(history["train"][:100])),
@@ -220,11 +232,13 @@ def main(argv=None):
     results = {"workdir": workdir, "flow": flow, "samplers": per_sampler, "distilled": student, "distill": distilled}
     if warm is not None:
         results["warm_start"] = results_warm
+    if args.ema_decay:
+        results["distilled_ema"] = student_ema
     if results_beside:
         results["beside"] = results_beside
     os.makedirs(args.out, exist_ok=True)
     figure = f"digits{args.stem}.png"
-    digit_rows_figure(grids, labels + warm_labels + ["G (1 NFE)"], os.path.join(args.out, figure))
+    digit_rows_figure(grids, labels + warm_labels + ["G (1 NFE)"] + ema_labels, os.path.join(args.out, figure))
     results["floor"], floor_text = digit_floor_text(cfg, dataset, args.n)
     val = history["validation"][-1][1] if history["validation"] else float("nan")
     generator_text = (f"x0 + MLP {'-'.join(map(str, hidden))} (silu)" if args.generator == "mlp" else
@@ -240,7 +254,8 @@ def main(argv=None):
             f"Machine: {machine()}\n\n{args.pairs} pairs ({solve_text}) in {pair_seconds:.0f} s; G: {generator_text}, "
             f"{warm_text}{args.iterations} Adam steps (B = {args.batch}, "
             f"lr {args.lr:g}, "
-            f"cosine{critic_text}) on "
+            f"cosine{critic_text}"
+            f"{f'; its parameter EMA, d = {args.ema_decay:g}, scored too' if args.ema_decay else ''}) on "
             f"{args.pairs - args.validation} pairs in {distill_seconds:.0f} s (the flow: {int(state.step)} "
             f"iterations, {teacher_seconds:.0f} s of training). Training loss"
             f"{' (with the critic term)' if args.critic_weight else ''} {distilled['loss_first_100']:.4g} over the "

@@ -1,6 +1,7 @@
 """One-step distillation (`w12_jax.distill`): a direct generator fits a coupling that no gradient field can."""
 
 import dataclasses
+from functools import partial
 
 import jax
 import numpy as np
@@ -45,6 +46,21 @@ def test_distill_refuses_pairs_that_do_not_match():
         distill(x, x, iterations=1, key=jax.random.PRNGKey(0), regression_weight=0.0)
 
 
+def test_the_parameter_average_is_one_decayed_step_from_the_start():
+    """ema_decay = d: after one Adam step p_0 → p_1 the average is e_1 = d·p_0 + (1 − d)·p_1, leaf by leaf (not
+    p_1, and not d and 1 − d swapped); d outside [0, 1) is refused."""
+    x0 = np.random.default_rng(3).normal(size=(64, 3)).astype(np.float32)
+    generator, start, _ = distill(x0, x0 + 1.0, iterations=1, key=jax.random.PRNGKey(0), hidden=(8,), lr=1e-9)
+    _, params, history = distill(x0, x0 + 1.0, iterations=1, key=jax.random.PRNGKey(1), hidden=(8,), lr=0.1,
+                                 init_params=start, ema_decay=0.9)
+    moved = jax.tree_util.tree_map(lambda p, q: float(np.max(np.abs(p - q))), params, start)
+    assert max(jax.tree_util.tree_leaves(moved)) > 0.05
+    expected = jax.tree_util.tree_map(lambda p0, p1: 0.9 * p0 + 0.1 * p1, start, params)
+    jax.tree_util.tree_map(partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), history["ema_params"], expected)
+    with pytest.raises(ValueError, match="ema_decay"):
+        distill(x0, x0, iterations=1, key=jax.random.PRNGKey(0), ema_decay=1.0)
+
+
 @pytest.mark.parametrize("regression_weight, expected", [(1.0, -0.03), (0.5, -0.06)])
 def test_the_critic_term_shifts_the_optimum_by_its_closed_form(regression_weight, expected):
     """With x1 = x0 and the linear score φ(x) = Σ_j x_j, the loss r·mean_j (g_j − x_j)² + w Σ_j g_j over d
@@ -81,8 +97,8 @@ def test_a_trained_critic_pulls_the_generator_to_the_data_by_the_balance_of_both
 def test_the_conv_generator_fits_an_image_turn_and_refuses_what_it_cannot_draw():
     """x1 = x0 turned a quarter on 8×8 images: a permutation of the pixels of order 4, so its Jacobian is not
     symmetric and no potential's step reaches it. `ConvGenerator` (an MLP into a 2×2 → 8×8 conv decoder) lands
-    on x1 for fresh x0 within 15 % of the distance travelled after 800 steps (8 % measured); untrained, it is off by more
-    than half of it. It draws images only, on grids its decoder can double to."""
+    on x1 for fresh x0 within 15 % of the distance travelled after 800 steps (8 % measured); untrained, it is off
+    by more than half of it. It draws images only, on grids its decoder can double to."""
     rng = np.random.default_rng(3)
     x0 = rng.uniform(size=(2000, 8, 8, 1)).astype(np.float32)
     test_x0 = rng.uniform(size=(300, 8, 8, 1)).astype(np.float32)

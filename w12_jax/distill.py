@@ -108,7 +108,7 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
             activation: str = "silu", lr: float = 1e-3, batch_size: int = 256, validation: int = 0,
             critic: Optional[Callable | TrainedCritic] = None, critic_weight: float = 0.0,
             regression_weight: float = 1.0, init_params=None, progress: bool = False, architecture: str = "mlp",
-            channels: Sequence[int] = (64, 32, 16)):
+            channels: Sequence[int] = (64, 32, 16), ema_decay: float = 0.0):
     """(generator, params, history): `iterations` Adam steps (learning rate lr·½(1 + cos(πs/S))) of
     `regression_loss` on batches drawn uniformly from the pairs (x0, x1) (n, *shape), from `init_params`
     (default: fresh); G is `make_generator(architecture, hidden, activation, channels)`.
@@ -118,7 +118,9 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
     (regression_weight = 0: a generator trained against the critic alone, the pairs only its x0). The last
     `validation` pairs are held out; history = {"train": (iterations,) losses, "validation": [(step,
     regression_loss on the held-out pairs)] every tenth of the run} (empty when validation = 0), and with a
-    `TrainedCritic` "dual": (iterations,) dual values of its last step and "critic_params", φ at the end."""
+    `TrainedCritic` "dual": (iterations,) dual values of its last step and "critic_params", φ at the end.
+    ema_decay = d > 0: history["ema_params"] = e_S, e_0 = the initial parameters, e_s = d·e_{s−1} + (1 − d)·p_s
+    after step s (the returned params stay p_S)."""
     x0, x1 = np.asarray(x0), np.asarray(x1)
     if x0.shape != x1.shape or x0.ndim < 2:
         raise ValueError(f"pairs must both have shape (n, ...), got {x0.shape} and {x1.shape}")
@@ -126,6 +128,8 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
         raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
     if regression_weight < 0 or (regression_weight == 0 and not (critic is not None and critic_weight)):
         raise ValueError(f"regression_weight must be >= 0, and > 0 without a critic term, got {regression_weight}")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     if not 0 <= validation < len(x0):
         raise ValueError(f"validation must leave training pairs: 0 <= validation < {len(x0)}, got {validation}")
     n_train = len(x0) - validation
@@ -136,6 +140,7 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
     params = generator.init(k_init, train0[:1]) if init_params is None else init_params
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, iterations))
     opt_state = optimizer.init(params)
+    ema = params if ema_decay else None
     trained, phi_state = isinstance(critic, TrainedCritic), None
     if trained:
         data = jnp.asarray(critic.data)
@@ -177,6 +182,7 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, phi_state, loss, dual
 
+    ema_update = jax.jit(lambda new, old: optax.incremental_update(new, old, 1.0 - ema_decay))
     validation_loss = jax.jit(lambda p: regression_loss(generator.apply(p, val0), val1))
     from tqdm import tqdm
 
@@ -184,11 +190,15 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
     every = max(iterations // 10, 1)
     for i in tqdm(range(iterations), desc="distill", disable=not progress):
         params, opt_state, phi_state, loss, dual = step(params, opt_state, phi_state, jax.random.fold_in(k_steps, i))
+        if ema_decay:
+            ema = ema_update(params, ema)
         losses.append(loss)
         duals.append(dual)
         if validation and ((i + 1) % every == 0 or i + 1 == iterations):
             history_val.append((i + 1, float(validation_loss(params))))
     history = {"train": np.asarray(jnp.stack(losses)), "validation": history_val}
+    if ema_decay:
+        history["ema_params"] = ema
     if trained:
         history.update(dual=np.asarray(jnp.stack(duals)), critic_params=phi_state[0])
     return generator, params, history
