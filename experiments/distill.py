@@ -5,8 +5,8 @@ own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptiv
     python -m experiments.distill --workdir RUN --pairs 20000 --pair-rtol 1e-4 --iterations 4000
     python -m experiments.distill --workdir RUN --warm-iterations 8000 --iterations 1000 --critic-weight 0.01
     python -m experiments.distill --workdir RUN --pairs 5000 --validation 500 --pair-steps 10 --batch 128 \
-        --generator conv --hidden 1024 --warm-iterations 1000 --iterations 1450 --critic-weight 1 --regression-weight 30 \
-        --lr 2e-3
+        --generator conv --hidden 1024 --warm-iterations 1000 --iterations 1450 --critic-weight 1 \
+        --regression-weight 30 --lr 2e-3
 
 Loads the run's latest checkpoint, or `--step`'s (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
 evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at

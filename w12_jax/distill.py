@@ -120,7 +120,8 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
     regression_loss on the held-out pairs)] every tenth of the run} (empty when validation = 0), and with a
     `TrainedCritic` "dual": (iterations,) dual values of its last step and "critic_params", φ at the end.
     ema_decay = d > 0: history["ema_params"] = e_S, e_0 = the initial parameters, e_s = d·e_{s−1} + (1 − d)·p_s
-    after step s (the returned params stay p_S)."""
+    after step s (the returned params stay p_S); no warm-up, unlike `train.ema_update`: e_0 is a warm start
+    worth averaging, not a random initialisation."""
     x0, x1 = np.asarray(x0), np.asarray(x1)
     if x0.shape != x1.shape or x0.ndim < 2:
         raise ValueError(f"pairs must both have shape (n, ...), got {x0.shape} and {x1.shape}")
@@ -182,6 +183,7 @@ def distill(x0, x1, *, iterations: int, key: jax.Array, hidden: Sequence[int] = 
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, phi_state, loss, dual
 
+    # outside `step`, so that ema_decay = 0 compiles the very step it always did
     ema_update = jax.jit(lambda new, old: optax.incremental_update(new, old, 1.0 - ema_decay))
     validation_loss = jax.jit(lambda p: regression_loss(generator.apply(p, val0), val1))
     from tqdm import tqdm
