@@ -36,6 +36,7 @@ from experiments.common import DIGIT_HEADER, QUICK_REFERENCE, QUICK_SAMPLERS, RE
     digit_floor_text, digit_quality, digit_rows_figure, machine, markdown_table, measured, restore_digit_run, \
     training_seconds, write_results
 from w12_jax.classifier import load_or_train_classifier
+from w12_jax.config import DIVERGENCES
 from w12_jax.data import load_config_dataset
 from w12_jax.distill import GENERATORS, TrainedCritic, distill, distilled_sample
 from w12_jax.evaluation import sampler_samples
@@ -101,6 +102,9 @@ def main(argv=None):
                         help="φ trained beside G as the run trained it (n_critic steps per G step), or held")
     parser.add_argument("--n-critic", type=int, default=None,
                         help="Adam steps of the trained φ per G step (default: the run's n_critic)")
+    parser.add_argument("--critic-divergence", choices=DIVERGENCES, default=None,
+                        help="f of the trained φ's dual (default: the run's): G's term stays w·mean φ(G(x0)), φ "
+                             "starts from the run's network with this f's output map")
     parser.add_argument("--warm-iterations", type=int, default=0,
                         help="regression-only steps before the --iterations with the critic term (cached)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to 0")
@@ -119,6 +123,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.n_critic is not None and args.n_critic < 1:
         parser.error(f"--n-critic must be >= 1, got {args.n_critic}")
+    if args.critic_divergence and (not args.critic_weight or args.critic != "trained"):
+        parser.error("--critic-divergence needs a trained critic (--critic-weight > 0, --critic trained)")
     if args.regression_weight < 0 or (args.regression_weight == 0 and not args.critic_weight):
         parser.error(f"--regression-weight must be >= 0, and > 0 without --critic-weight, got {args.regression_weight}")
     if not 0 <= args.ema_decay < 1:
@@ -151,7 +157,9 @@ def main(argv=None):
     if args.critic_weight and args.critic == "frozen":
         critic = partial(critic_values, model, state.discriminator_params)
     elif args.critic_weight:
-        critic_model = model if args.n_critic is None else build_model(dataclasses.replace(cfg, n_critic=args.n_critic))
+        critic_cfg = dataclasses.replace(cfg, n_critic=args.n_critic or cfg.n_critic,
+                                         divergence=args.critic_divergence or cfg.divergence)
+        critic_model = model if critic_cfg == cfg else build_model(critic_cfg)
         critic = TrainedCritic(critic_model, state.discriminator_params, np.asarray(dataset.train))
     run = partial(distill, x0_pairs, x1_pairs, hidden=hidden, lr=args.lr, batch_size=args.batch,
                   validation=args.validation, progress=True, architecture=args.generator, channels=channels)
@@ -219,6 +227,7 @@ def main(argv=None):
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
                  "regression_weight": args.regression_weight,
                  "n_critic": (args.n_critic or cfg.n_critic) if args.critic_weight else None,
+                 "critic_divergence": (args.critic_divergence or cfg.divergence) if args.critic_weight else None,
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
                  "generator": args.generator, "hidden": list(hidden),
@@ -248,7 +257,8 @@ def main(argv=None):
     critic_text = (f", critic term w = {args.critic_weight:g}"
                    + (f", regression weight {args.regression_weight:g}" if args.regression_weight != 1 else "")
                    + f", φ {args.critic}"
-                   + (f" ({distilled['n_critic']} Adam steps per G step)" if args.critic == "trained" else "")
+                   + (f" ({distilled['n_critic']} Adam steps per G step, f = {distilled['critic_divergence']})"
+                      if args.critic == "trained" else "")
                    + (f", its dual {distilled['dual_last_100']:.3g} over the last 100 steps"
                       if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
     text = (f"# One-step distillation of `{workdir}`\n\nCommand: `{command_line('experiments.distill', argv)}`\n\n"

@@ -74,13 +74,17 @@ def test_the_critic_term_shifts_the_optimum_by_its_closed_form(regression_weight
     np.testing.assert_allclose(shift.mean(axis=0), expected, atol=0.004)
 
 
-def test_a_trained_critic_pulls_the_generator_to_the_data_by_the_balance_of_both_terms():
-    """Pairs x1 = x0 ~ N(0, I) in R^2, data y ~ N(e_1, I). The KL critic's optimum is log(ρ_G/π), linear with
-    slope s − 1 along e_1 when G shifts x0 by s·e_1 (below L = 1: the penalty idle), so G's gradient,
-    (2/d)(g − x) + w∇φ, vanishes at s = w(1 − s): s = w/(1 + w) = 1/2 for w = 1. Without the critic term
-    s = 0, and with the sign of a generator moving up φ s would be negative."""
+@pytest.mark.parametrize("divergence, tolerance", [("kl", 0.06), ("reverse_kl", 0.09)])
+def test_a_trained_critic_pulls_the_generator_to_the_data_by_the_balance_of_both_terms(divergence, tolerance):
+    """Pairs x1 = x0 ~ N(0, I) in R^2, data y ~ N(e_1, I), G shifting x0 by s·e_1. The KL critic's optimum is
+    log(ρ_G/π), linear with slope s − 1 along e_1 (below L = 1: the penalty idle); the reverse-KL one is
+    −π/ρ_G = −exp((1 − s)x_1 − (1 − s²)/2), whose slope has mean −(1 − s) over G's samples x_1 ~ N(s, 1).
+    Either way G's gradient, (2/d)(g − x) + w∇φ, vanishes on average at s = w(1 − s): s = w/(1 + w) = 1/2
+    for w = 1 (0.49 with the slope clipped at L). Measured: 0.50 (KL), 0.45 (reverse KL: five critic steps per G
+    step fit the exponential less closely than the line). Without the critic term s = 0, with the sign of a
+    generator moving up φ s < 0, and a reverse-KL φ = h without its output map −exp(h) has no finite dual."""
     cfg = dataclasses.replace(lowdim_config("moons", 2), discriminator_hidden=(32, 32), lr_discriminator=3e-3,
-                              beta1=0.5, n_critic=5, gp_weight=1.0)
+                              beta1=0.5, n_critic=5, gp_weight=1.0, divergence=divergence)
     model = build_model(cfg)
     rng = np.random.default_rng(2)
     x0 = rng.normal(size=(4000, 2)).astype(np.float32)
@@ -89,7 +93,7 @@ def test_a_trained_critic_pulls_the_generator_to_the_data_by_the_balance_of_both
     generator, params, history = distill(x0, x0, iterations=1500, key=jax.random.PRNGKey(0), hidden=(32,),
                                          lr=1e-2, batch_size=500, critic=critic, critic_weight=1.0)
     shift = (distilled_sample(generator, params, x0) - x0).mean(axis=0)
-    assert abs(shift[0] - 0.5) < 0.06, shift
+    assert abs(shift[0] - 0.5) < tolerance, shift
     assert abs(shift[1]) < 0.06, shift
     assert np.isfinite(history["dual"]).all()
 
