@@ -17,6 +17,8 @@ from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training s
 run (another flow from the same reference, e.g. OT-CFM) is scored and drawn from the same x0 beside them. The
 last command above is the best one-step recipe measured (experiments/results/distill, sixth section: 53 ± 6 over
 three seeds from 600-iteration runs, at the main job's CPU time). `--ema-decay d` also scores G's parameter average.
+`--critic-divergence reverse_kl --regression-weight 20` trades precision for coverage (seventh section: class entropy
+2.24, rarest digit 4.8 %, precision 0.80 against 0.85).
 """
 
 from __future__ import annotations
