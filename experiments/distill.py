@@ -6,19 +6,19 @@ own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptiv
     python -m experiments.distill --workdir RUN --warm-iterations 8000 --iterations 1000 --critic-weight 0.01
     python -m experiments.distill --workdir RUN --pairs 5000 --validation 500 --pair-steps 10 --batch 128 \
         --generator conv --hidden 1024 --warm-iterations 1000 --iterations 1450 --critic-weight 1 \
-        --regression-weight 30 --lr 2e-3
+        --regression-weight 15 --lr 2e-3 --critic-divergence reverse_kl
 
 Loads the run's latest checkpoint, or `--step`'s (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
 evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at
 `--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir
 and scored too) with `--critic-weight` w·mean φ(G(x0)) added when w > 0 (`--critic trained`: the run's φ trained
-beside G as the run trained it; `frozen`: held) and scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples
-from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the training seconds of both. Each `--beside`
-run (another flow from the same reference, e.g. OT-CFM) is scored and drawn from the same x0 beside them. The
-last command above is the best one-step recipe measured (experiments/results/distill, sixth section: 53 ± 6 over
-three seeds from 600-iteration runs, at the main job's CPU time). `--ema-decay d` also scores G's parameter average.
-`--critic-divergence reverse_kl --regression-weight 20` trades precision for coverage (seventh section: class entropy
-2.24, rarest digit 4.8 %, precision 0.80 against 0.85).
+beside G as the run trained it, with `--critic-divergence`'s f if given; `frozen`: held) and scores G(x0) beside the
+flow's Euler 1 / 2 / 5 and Dopri5 samples from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the
+training seconds of both. Each `--beside` run (another flow from the same reference, e.g. OT-CFM) is scored and
+drawn from the same x0 beside them. The last command above is the best one-step recipe measured
+(experiments/results/distill, seventh section: 45 ± 6 over three seeds from 600-iteration runs, level with the main
+job's adaptive solve, at the main job's CPU time; with the run's KL critic, `--regression-weight 30`: 53 ± 6).
+`--ema-decay d` also scores G's parameter average.
 """
 
 from __future__ import annotations
