@@ -156,11 +156,11 @@ def main(argv=None):
     dataset = load_config_dataset(cfg)
     model = build_model(cfg)
     critic = None
+    critic_cfg = dataclasses.replace(cfg, n_critic=args.n_critic or cfg.n_critic,
+                                     divergence=args.critic_divergence or cfg.divergence)
     if args.critic_weight and args.critic == "frozen":
         critic = partial(critic_values, model, state.discriminator_params)
     elif args.critic_weight:
-        critic_cfg = dataclasses.replace(cfg, n_critic=args.n_critic or cfg.n_critic,
-                                         divergence=args.critic_divergence or cfg.divergence)
         critic_model = model if critic_cfg == cfg else build_model(critic_cfg)
         critic = TrainedCritic(critic_model, state.discriminator_params, np.asarray(dataset.train))
     run = partial(distill, x0_pairs, x1_pairs, hidden=hidden, lr=args.lr, batch_size=args.batch,
@@ -228,8 +228,8 @@ def main(argv=None):
     distilled = {"pairs": args.pairs, "validation": args.validation, "pair_solve": solve,
                  "critic_weight": args.critic_weight, "critic": args.critic if args.critic_weight else None,
                  "regression_weight": args.regression_weight,
-                 "n_critic": (args.n_critic or cfg.n_critic) if args.critic_weight else None,
-                 "critic_divergence": (args.critic_divergence or cfg.divergence) if args.critic_weight else None,
+                 "n_critic": critic_cfg.n_critic if args.critic_weight else None,
+                 "critic_divergence": critic_cfg.divergence if args.critic_weight else None,
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
                  "generator": args.generator, "hidden": list(hidden),
