@@ -28,6 +28,14 @@ def test_bad_values_rejected_in_one_line(key, value, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+def test_alpha_divergence_takes_both_sides_of_one_but_not_its_limits():
+    alpha_base = dataclasses.replace(BASE, divergence="alpha")
+    for limit in ("0", "1"):  # the reverse KL and the KL, named by their own divergence values
+        with pytest.raises(ConfigError, match="alpha must be > 1, or < 1 and ≠ 0"):
+            override(alpha_base, {"alpha": limit})
+    assert override(alpha_base, {"alpha": "-1"}).alpha == -1.0 and override(alpha_base, {"alpha": "3"}).alpha == 3.0
+
+
 def test_unknown_key_and_case_names():
     with pytest.raises(ConfigError, match="unknown config key 'lambda'; did you mean lam"):
         override(BASE, {"lambda": "1"})

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w12_jax.divergences import alpha_dual, get_divergence, gradient_penalty, kl_dual, reverse_kl_dual, w1_dual
+from w12_jax.divergences import alpha_dual, get_divergence, gradient_penalty, kl_dual, mass_covering_alpha_dual, \
+    reverse_kl_dual, w1_dual
 
 N = 200_000
 MU = 1.0  # P = N(MU, 1), Q = N(0, 1)
@@ -58,6 +59,30 @@ def test_alpha2_dual_is_half_chi_square(gaussians):
     estimate = float(alpha_dual(phi(xs), phi(ys), 2.0))
     assert abs(estimate - exact) / exact < 0.03, (estimate, exact)
     assert float(alpha_dual(0.5 * phi(xs), 0.5 * phi(ys), 2.0)) < exact - 0.01
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 0.5])
+def test_mass_covering_alpha_dual_matches_closed_form_at_optimal_phi(gaussians, alpha):
+    x, y = gaussians
+    mu = 0.5  # D_{f_alpha}(N(mu,1)||N(0,1)) = (exp(alpha(alpha−1)mu²/2) − 1)/(alpha(alpha−1))
+    xs, ys = x - MU + mu, y
+    a = alpha * (alpha - 1)
+    exact = (np.exp(a * mu**2 / 2) - 1) / a
+    phi = lambda z: -jnp.exp((alpha - 1) * (mu * z - mu**2 / 2)) / (1 - alpha)  # f_alpha'(p/q) < 0
+    divergence = get_divergence("alpha", alpha)
+    estimate = float(divergence.dual(phi(xs), phi(ys)))
+    assert abs(estimate - exact) / exact < 0.03, (estimate, exact)
+    assert float(mass_covering_alpha_dual(2.0 * phi(xs), 2.0 * phi(ys), alpha)) < exact - 0.01
+    assert float(divergence.output(jnp.array(3.0))) < 0  # phi = −exp(h): the conjugate's domain
+
+
+def test_alpha_near_zero_is_the_reverse_kl(gaussians):
+    x, y = gaussians
+    phi_x, phi_y = -jnp.exp(-log_ratio(x)), -jnp.exp(-log_ratio(y))  # the reverse KL's optimum, −q/p
+    near = float(mass_covering_alpha_dual(phi_x, phi_y, -1e-4))
+    assert abs(near - float(reverse_kl_dual(phi_x, phi_y))) < 2e-3, near
+    with pytest.raises(ValueError, match="alpha must be"):
+        get_divergence("alpha", 0.0)
 
 
 def test_w1_dual_with_identity_is_the_mean_shift(gaussians):

@@ -83,7 +83,7 @@ class Config:
     L: float = 1.0  # ★ Lipschitz bound of phi (W1 proximal)
     gp_weight: float = 0.1  # mu
     divergence: str = "kl"  # ★ f of D_f^{Gamma_L}: one of DIVERGENCES
-    alpha: float = 2.0  # for divergence='alpha' (alpha > 1)
+    alpha: float = 2.0  # for divergence='alpha': > 1, or < 1 and ≠ 0 (mass-covering; 0 is the reverse KL)
     use_w1: bool = True  # ★ Lipschitz gradient penalty on phi
     use_w2: bool = True  # ★ kinetic-energy term in the potential loss
     # straightness penalties on the potential loss (design.md §11; 0 = off, the paper's objective)
@@ -283,8 +283,9 @@ def _validate(cfg: Config) -> None:
         v = getattr(cfg, name)
         if not 0 <= v < 1:
             raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
-    if cfg.divergence == "alpha" and not cfg.alpha > 1:
-        raise ConfigError(f"alpha must be > 1 for the alpha-divergence, got {cfg.alpha!r}")
+    if cfg.divergence == "alpha" and cfg.alpha in (0, 1):
+        raise ConfigError(f"alpha must be > 1, or < 1 and ≠ 0, for the alpha-divergence (its limits 1 and 0 are "
+                          f"divergence='kl' and 'reverse_kl'), got {cfg.alpha!r}")
     if not cfg.reference_low < cfg.reference_high:
         raise ConfigError(f"reference_low must be < reference_high, got {cfg.reference_low} >= {cfg.reference_high}")
     if cfg.seed < 0:

@@ -74,6 +74,15 @@ def alpha_dual(phi_x, phi_y, alpha):
     return jnp.mean(phi_x) - (nu + jnp.mean(alpha_conjugate(phi_y - nu, alpha)))
 
 
+def mass_covering_alpha_dual(phi_x, phi_y, alpha):
+    """alpha-divergence, alpha < 1 (alpha ≠ 0), phi < 0: mean phi(x) − mean f_alpha*(phi(y)), where on s < 0
+    f_alpha*(s) = ((alpha−1)s)^{alpha/(alpha−1)}/alpha + 1/(alpha(alpha−1)); the optimum phi = f_alpha'(p/q) =
+    −(q/p)^{1−alpha}/(1−alpha). alpha → 0 is the reverse KL; alpha < 0 charges an uncovered region of Q more."""
+    p = alpha / (alpha - 1.0)
+    conjugate = ((alpha - 1.0) * phi_y) ** p / alpha + 1.0 / (alpha * (alpha - 1.0))
+    return jnp.mean(phi_x) - jnp.mean(conjugate)
+
+
 def _identity(h):
     return h
 
@@ -87,8 +96,10 @@ def get_divergence(name: str, alpha: float = 2.0) -> Divergence:
     """The divergence called `name` (one of config.DIVERGENCES)."""
     if name not in DIVERGENCES:
         raise ValueError(f"unknown divergence {name!r}; choose one of {', '.join(DIVERGENCES)}")
-    if name == "alpha" and not alpha > 1:
-        raise ValueError(f"alpha must be > 1, got {alpha}")
+    if name == "alpha" and alpha in (0.0, 1.0):
+        raise ValueError(f"alpha must be > 1 or < 1 and ≠ 0 (the limits are the KL and the reverse KL), got {alpha}")
+    if name == "alpha" and alpha < 1:
+        return Divergence("alpha", lambda px, py: mass_covering_alpha_dual(px, py, alpha), _negative)
     table = {
         "kl": Divergence("kl", kl_dual, _identity),
         "reverse_kl": Divergence("reverse_kl", reverse_kl_dual, _negative),
