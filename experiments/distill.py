@@ -10,14 +10,15 @@ own solve x0 ↦ Φ_T(x0) sample in one evaluation as well as the flow's adaptiv
 
 Loads the run's latest checkpoint, or `--step`'s (its EMA parameters), draws `--pairs` x0 (a key no sampler of the
 evaluation uses; the last `--validation` pairs held out), solves each with Dopri5 at `--pair-rtol` (or Euler at
-`--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir
-and scored too) with `--critic-weight` w·mean φ(G(x0)) added when w > 0 (`--critic trained`: the run's φ trained
-beside G as the run trained it, with `--critic-divergence`'s f if given; `frozen`: held) and scores G(x0) beside the
-flow's Euler 1 / 2 / 5 and Dopri5 samples from the same `--n` x0 (PRNGKey(0): experiments.few_step's), with the
-training seconds of both. Each `--beside` run (another flow from the same reference, e.g. OT-CFM) is scored and
-drawn from the same x0 beside them. The last command above is the best one-step recipe measured
-(experiments/results/distill, seventh section: 45 ± 6 over three seeds from 600-iteration runs, level with the main
-job's adaptive solve, at the main job's CPU time; with the run's KL critic, `--regression-weight 30`: 53 ± 6).
+`--pair-steps`), regresses G on them (after `--warm-iterations` steps of regression alone, cached in the workdir and
+scored too) with `--critic-weight` w·mean φ(G(x0)) added when w > 0 (`--critic trained`: the run's φ trained beside
+G as the run trained it, with `--critic-divergence`'s f (and `--critic-alpha`'s α) if given; `frozen`: held) and
+scores G(x0) beside the flow's Euler 1 / 2 / 5 and Dopri5 samples from the same `--n` x0 (PRNGKey(0):
+experiments.few_step's), with the training seconds of both. Each `--beside` run (another flow from the same
+reference, e.g. OT-CFM) is scored and drawn from the same x0 beside them. The last command above is the best
+one-step recipe measured (experiments/results/distill, seventh section: 45 ± 6 over three seeds from 600-iteration
+runs, level with the main job's adaptive solve, at the main job's CPU time; with the run's KL critic,
+`--regression-weight 30`: 53 ± 6).
 `--ema-decay d` also scores G's parameter average.
 """
 
@@ -107,6 +108,9 @@ def main(argv=None):
     parser.add_argument("--critic-divergence", choices=DIVERGENCES, default=None,
                         help="f of the trained φ's dual (default: the run's): G's term stays w·mean φ(G(x0)), φ "
                              "starts from the run's network with this f's output map")
+    parser.add_argument("--critic-alpha", type=float, default=None,
+                        help="α of --critic-divergence alpha (default: the run's): > 1, or < 1 and ≠ 0; α < 0 "
+                             "charges a digit G draws too rarely more than the reverse KL (α → 0) does")
     parser.add_argument("--warm-iterations", type=int, default=0,
                         help="regression-only steps before the --iterations with the critic term (cached)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to 0")
@@ -127,6 +131,11 @@ def main(argv=None):
         parser.error(f"--n-critic must be >= 1, got {args.n_critic}")
     if args.critic_divergence and (not args.critic_weight or args.critic != "trained"):
         parser.error("--critic-divergence needs a trained critic (--critic-weight > 0, --critic trained)")
+    if args.critic_alpha is not None and args.critic_divergence != "alpha":
+        parser.error("--critic-alpha needs --critic-divergence alpha")
+    if args.critic_alpha is not None and args.critic_alpha in (0, 1):
+        parser.error(f"--critic-alpha must be > 1, or < 1 and ≠ 0 (0 and 1 are reverse_kl and kl), "
+                     f"got {args.critic_alpha:g}")
     if args.regression_weight < 0 or (args.regression_weight == 0 and not args.critic_weight):
         parser.error(f"--regression-weight must be >= 0, and > 0 without --critic-weight, got {args.regression_weight}")
     if not 0 <= args.ema_decay < 1:
@@ -157,7 +166,8 @@ def main(argv=None):
     model = build_model(cfg)
     critic = None
     critic_cfg = dataclasses.replace(cfg, n_critic=args.n_critic or cfg.n_critic,
-                                     divergence=args.critic_divergence or cfg.divergence)
+                                     divergence=args.critic_divergence or cfg.divergence,
+                                     alpha=cfg.alpha if args.critic_alpha is None else args.critic_alpha)
     if args.critic_weight and args.critic == "frozen":
         critic = partial(critic_values, model, state.discriminator_params)
     elif args.critic_weight:
@@ -230,6 +240,8 @@ def main(argv=None):
                  "regression_weight": args.regression_weight,
                  "n_critic": critic_cfg.n_critic if args.critic_weight else None,
                  "critic_divergence": critic_cfg.divergence if args.critic_weight else None,
+                 **({"critic_alpha": critic_cfg.alpha} if args.critic_weight and critic_cfg.divergence == "alpha"
+                    else {}),
                  "warm_iterations": args.warm_iterations, "warm_seconds": warm_seconds,
                  "dual_last_100": float(np.mean(history["dual"][-100:])) if "dual" in history else None,
                  "generator": args.generator, "hidden": list(hidden),
@@ -259,7 +271,8 @@ def main(argv=None):
     critic_text = (f", critic term w = {args.critic_weight:g}"
                    + (f", regression weight {args.regression_weight:g}" if args.regression_weight != 1 else "")
                    + f", φ {args.critic}"
-                   + (f" ({distilled['n_critic']} Adam steps per G step, f = {distilled['critic_divergence']})"
+                   + (f" ({distilled['n_critic']} Adam steps per G step, f = {distilled['critic_divergence']}"
+                      + (f", α = {distilled['critic_alpha']:g}" if "critic_alpha" in distilled else "") + ")"
                       if args.critic == "trained" else "")
                    + (f", its dual {distilled['dual_last_100']:.3g} over the last 100 steps"
                       if distilled["dual_last_100"] is not None else "") if args.critic_weight else "")
