@@ -3,8 +3,10 @@ a hash of every parameter) and `w12 evaluate` of the main job's checkpoint, kept
 
 On the machine type they were recorded on (CPU model, jaxlib version) they must match bit for bit: a
 refactoring that claims to keep behaviour keeps them. Elsewhere XLA compiles for other CPU features and may
-round differently: the training metrics must agree to 1e-3 relative and the continuous figures of the
-evaluation (Fréchet distances, kinetic energies, nearest-training distances) to 1e-2; the parameter hash and
+round differently: the training metrics and the continuous figures of the evaluation (Fréchet distances,
+kinetic energies, nearest-training distances) must agree to 1e-2 relative (a 2-core AMD EPYC, cpu flags
+ecfefe0ffbf1, departs from the stored Intel Xeon record by up to 3.7e-3 in the training metrics: the velocity
+residual and the critic's gradient norms after two iterations, 1e-3 in the loss terms); the parameter hash and
 the count-based figures (precision, recall, class shares), where one sample more or less moves the value by
 1/n, are compared there only by their presence. `W12_RECORD_FINGERPRINTS=1 python -m pytest
 tests/test_fingerprints.py` records them anew (only when behaviour is meant to change).
@@ -98,6 +100,6 @@ def test_fingerprints_are_kept(fingerprints):
             if same_machine:
                 assert got[key] == want[key], (part, key, got[key], want[key])
             elif part in RUNS:
-                np.testing.assert_allclose(got[key], want[key], rtol=1e-3, atol=1e-6, err_msg=f"{part} {key}")
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-2, atol=1e-6, err_msg=f"{part} {key}")
             elif any(c in key for c in CONTINUOUS):
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-2, err_msg=f"{part} {key}")
