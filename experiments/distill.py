@@ -39,7 +39,7 @@ from experiments.common import DIGIT_HEADER, QUICK_REFERENCE, QUICK_SAMPLERS, RE
     digit_floor_text, digit_quality, digit_rows_figure, machine, markdown_table, measured, restore_digit_run, \
     training_seconds, write_results
 from w12_jax.classifier import load_or_train_classifier
-from w12_jax.config import DIVERGENCES
+from w12_jax.config import DIVERGENCES, Config, ConfigError
 from w12_jax.data import load_config_dataset
 from w12_jax.distill import GENERATORS, TrainedCritic, distill, distilled_sample
 from w12_jax.evaluation import sampler_samples
@@ -133,9 +133,11 @@ def main(argv=None):
         parser.error("--critic-divergence needs a trained critic (--critic-weight > 0, --critic trained)")
     if args.critic_alpha is not None and args.critic_divergence != "alpha":
         parser.error("--critic-alpha needs --critic-divergence alpha")
-    if args.critic_alpha is not None and args.critic_alpha in (0, 1):
-        parser.error(f"--critic-alpha must be > 1, or < 1 and ≠ 0 (0 and 1 are reverse_kl and kl), "
-                     f"got {args.critic_alpha:g}")
+    if args.critic_alpha is not None:  # the config's rule for alpha, checked before the run is loaded
+        try:
+            Config(divergence="alpha", alpha=args.critic_alpha)
+        except ConfigError as e:
+            parser.error(f"--critic-alpha: {e}")
     if args.regression_weight < 0 or (args.regression_weight == 0 and not args.critic_weight):
         parser.error(f"--regression-weight must be >= 0, and > 0 without --critic-weight, got {args.regression_weight}")
     if not 0 <= args.ema_decay < 1:

@@ -41,9 +41,12 @@ def w1_dual(phi_x, phi_y):
 
 
 def alpha_conjugate(s, alpha):
-    """f_alpha*(s) for f_alpha(r) = (r^alpha − 1)/(alpha(alpha−1)) on r ≥ 0:
-    (alpha−1)^{alpha/(alpha−1)}/alpha · relu(s)^{alpha/(alpha−1)} + 1/(alpha(alpha−1))."""
+    """f_alpha*(s) for f_alpha(r) = (r^alpha − 1)/(alpha(alpha−1)) on r ≥ 0: for alpha > 1
+    (alpha−1)^{alpha/(alpha−1)}/alpha · relu(s)^{alpha/(alpha−1)} + 1/(alpha(alpha−1)); for alpha < 1 (alpha ≠ 0),
+    defined on s < 0 only, ((alpha−1)s)^{alpha/(alpha−1)}/alpha + 1/(alpha(alpha−1))."""
     p = alpha / (alpha - 1.0)
+    if alpha < 1:
+        return ((alpha - 1.0) * s) ** p / alpha + 1.0 / (alpha * (alpha - 1.0))
     return (alpha - 1.0) ** p / alpha * jnp.maximum(s, 0.0) ** p + 1.0 / (alpha * (alpha - 1.0))
 
 
@@ -78,9 +81,7 @@ def mass_covering_alpha_dual(phi_x, phi_y, alpha):
     """alpha-divergence, alpha < 1 (alpha ≠ 0), phi < 0: mean phi(x) − mean f_alpha*(phi(y)), where on s < 0
     f_alpha*(s) = ((alpha−1)s)^{alpha/(alpha−1)}/alpha + 1/(alpha(alpha−1)); the optimum phi = f_alpha'(p/q) =
     −(q/p)^{1−alpha}/(1−alpha). alpha → 0 is the reverse KL; alpha < 0 charges an uncovered region of Q more."""
-    p = alpha / (alpha - 1.0)
-    conjugate = ((alpha - 1.0) * phi_y) ** p / alpha + 1.0 / (alpha * (alpha - 1.0))
-    return jnp.mean(phi_x) - jnp.mean(conjugate)
+    return jnp.mean(phi_x) - jnp.mean(alpha_conjugate(phi_y, alpha))
 
 
 def _identity(h):
