@@ -1,9 +1,11 @@
-"""Command line: `w12 train | presets | sample | evaluate` (thin: parse, build a Config, call the library).
+"""Command line: `w12 train | presets | sample | evaluate | distill` (thin: parse, build a Config, call the
+library).
 
     w12 train [--preset NAME] [--set key=value ...] [--workdir DIR] [--resume]
     w12 presets
-    w12 sample --workdir DIR [--solver NAME] [--dt H | --nfe N] [--n N] [--out FILE]
+    w12 sample --workdir DIR [--solver NAME] [--dt H | --nfe N | --generator] [--n N] [--out FILE]
     w12 evaluate --workdir DIR [--n N]
+    w12 distill --workdir DIR [--iterations N] [--warm-iterations N] [--pairs N] [--seed S]
 
 Every bad input ends with one line on stderr and a non-zero exit status (2 for bad command-line syntax,
 1 for a bad value, data, checkpoint or a diverged run, 130 after Ctrl-C).
@@ -35,7 +37,7 @@ def _one_line(e: BaseException) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="w12", description="W1⊕W2 proximal generative flows (arXiv 2407.11901).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,presets,sample,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,presets,sample,evaluate,distill}")
 
     p = sub.add_parser("train", help="train a preset (default: the main job, mnist5k)",
                        description="Train a preset, writing checkpoints, metrics.jsonl and figures to the workdir.")
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     step = p.add_mutually_exclusive_group()
     step.add_argument("--dt", type=float, default=None, help="fixed step h dividing T (default: the training h)")
     step.add_argument("--nfe", type=int, default=None, help="number of evaluations of ∇U (sets the step count)")
+    step.add_argument("--generator", action="store_true",
+                      help="one evaluation of the workdir's distilled generator G(x0) (`w12 distill`) instead")
     p.add_argument("--n", type=int, default=None, help="number of samples (default 64 images / 1000 points)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference samples x0")
     p.add_argument("--out", default=None, help="FILE.npz (arrays; the picture beside it as FILE.png) or FILE.png "
@@ -79,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--nfe", type=int, default=None, help="number of evaluations of ∇U (sets the step count)")
     step.add_argument("--rtol", type=float, default=None, help="adaptive steps with rtol = atol = RTOL")
     p.add_argument("--out", default=None, help="the report's JSON file (default <workdir>/evaluation.json)")
+
+    p = sub.add_parser("distill", help="distill a trained workdir's flow into a one-step generator G",
+                       description="Regress a generator G on the flow's own solve x0 -> Phi_T(x0) (Euler), then "
+                                   "train it on that regression plus the run's critic (trained beside G): samples "
+                                   "in one evaluation (the recipe: w12_jax.distill.DistillRecipe). Writes "
+                                   "<workdir>/generator, which `w12 sample --generator` and `w12 evaluate` use.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--pairs", type=int, default=None,
+                   help="pairs (x0, Phi_T(x0)), the recipe's held-out ones included (default: the recipe's, 5000)")
+    p.add_argument("--validation", type=int, default=None, help="pairs held out of the regression, to score G's "
+                                                                "fit (default 500)")
+    p.add_argument("--warm-iterations", type=int, default=None, help="steps of regression alone (default 1000)")
+    p.add_argument("--iterations", type=int, default=None, help="steps with the critic term after them "
+                                                                "(default 1450)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the pairs' x0 and of G's batches (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -155,6 +175,8 @@ def cmd_sample(args) -> int:
     if args.dt is not None and not args.dt > 0:
         raise ConfigError(f"--dt must be > 0, got {args.dt}")
     state, config = _restore(args.workdir)
+    if args.generator:
+        return _sample_generator(args, state, config)
     num_steps, dt = None, args.dt
     if args.nfe is not None:
         num_steps = steps_for_nfe(args.solver, args.nfe)
@@ -186,6 +208,58 @@ def cmd_sample(args) -> int:
                                    trajectories=arrays.get("path"), title=title)
     print(f"wrote {n} samples to {out} and {picture}; solver {args.solver.lower()}, "
           f"{int(res.num_steps)} steps, NFE {nfe}")
+    return 0
+
+
+def _sample_generator(args, state, config) -> int:
+    """`w12 sample --generator`: G(x0) from the x0 that `generate` draws at --seed."""
+    import numpy as np
+
+    from w12_jax import plots
+    from w12_jax.distill import distilled_sample, restore_generator
+    from w12_jax.sample import reference_draw
+
+    generator, params, record = restore_generator(args.workdir, config.data_shape)
+    n = args.n or (64 if len(config.data_shape) == 3 else 1000)
+    check_memory(n, config, 4)
+    x0 = np.asarray(reference_draw(config, n, args.seed))
+    out, picture_path = output_paths(args.out or os.path.join(args.workdir, "samples", "generator_nfe1.npz"))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    samples = distilled_sample(generator, params, x0)
+    np.savez(out, samples=samples, x0=x0, nfe=1, num_steps=1, solver="generator", T=config.T, lam=config.lam,
+             iteration=record["flow_iteration"])
+    title = f"{config.dataset}, G distilled from iteration {record['flow_iteration']}, NFE 1"
+    picture = plots.samples_figure(samples, picture_path, title=title)
+    print(f"wrote {n} samples to {out} and {picture}; the distilled generator, NFE 1")
+    if record["flow_iteration"] != int(state.step):
+        print(f"note: G was distilled from iteration {record['flow_iteration']}, the workdir's latest checkpoint "
+              f"is iteration {int(state.step)}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    import dataclasses
+    import time
+
+    from w12_jax.data import load_config_dataset
+    from w12_jax.distill import DistillRecipe, distill_flow, save_generator
+
+    given = {"pairs": args.pairs, "validation": args.validation, "warm_iterations": args.warm_iterations, "iterations": args.iterations,
+             "seed": args.seed}
+    recipe = dataclasses.replace(DistillRecipe(), **{k: v for k, v in given.items() if v is not None})
+    if not 1 <= recipe.validation < recipe.pairs:
+        raise ConfigError(f"--validation must be >= 1 and below --pairs, got {recipe.validation} of {recipe.pairs}")
+    _positive("--iterations", recipe.iterations)
+    if recipe.warm_iterations < 0:
+        raise ConfigError(f"--warm-iterations must be >= 0, got {recipe.warm_iterations}")
+    state, config = _restore(args.workdir)
+    data = load_config_dataset(config).train
+    start = time.perf_counter()
+    _, params, info = distill_flow(config, state, data, recipe, progress=not args.no_progress)
+    folder = save_generator(args.workdir, params, recipe, info)
+    print(f"distilled G ({info['architecture']}) from iteration {info['flow_iteration']} of {args.workdir} in "
+          f"{time.perf_counter() - start:.0f} s: held-out regression loss {info['heldout_regression_loss']:.4g} "
+          f"per coordinate (x0 itself: {info['heldout_identity_loss']:.4g}); wrote {folder}")
     return 0
 
 
@@ -248,6 +322,10 @@ def cmd_evaluate(args) -> int:
     report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case, "method": config.method,
               **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed, solver=args.solver,
                          num_steps=num_steps, rtol=args.rtol)}
+    from w12_jax.distill import GENERATOR_DIR
+
+    if os.path.isfile(os.path.join(args.workdir, GENERATOR_DIR, "generator.json")):
+        report.update(_generator_report(args, config, ds))
     from w12_jax.provenance import git_revision, package_versions
 
     report.update(versions=package_versions(), git_revision=git_revision())
@@ -259,6 +337,22 @@ def cmd_evaluate(args) -> int:
     print(format_report(report))
     print(f"wrote {path}")
     return 0
+
+
+def _generator_report(args, config, ds) -> dict:
+    """The quality figures of the workdir's distilled G from the x0 that the flow's sampler used, prefixed
+    generator_ (`w12 evaluate` of a workdir that `w12 distill` wrote a generator to)."""
+    import numpy as np
+
+    from w12_jax.distill import distilled_sample, restore_generator
+    from w12_jax.evaluation import generator_quality
+    from w12_jax.sample import reference_draw
+
+    generator, params, record = restore_generator(args.workdir, config.data_shape)
+    x0 = np.asarray(reference_draw(config, args.n or config.eval_samples, args.seed))
+    quality = generator_quality(config, distilled_sample(generator, params, x0), ds, seed=args.seed)
+    return {"generator_flow_iteration": record["flow_iteration"], "generator_nfe": 1,
+            **{f"generator_{k}": v for k, v in quality.items()}}
 
 
 def _quiet_closed_event_loop() -> None:
@@ -278,7 +372,8 @@ def _quiet_closed_event_loop() -> None:
     sys.unraisablehook = hook
 
 
-COMMANDS = {"train": cmd_train, "presets": cmd_presets, "sample": cmd_sample, "evaluate": cmd_evaluate}
+COMMANDS = {"train": cmd_train, "presets": cmd_presets, "sample": cmd_sample, "evaluate": cmd_evaluate,
+            "distill": cmd_distill}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -348,7 +443,7 @@ def _forget_failed_computation() -> None:
         pass
 
 
-OUT_OF_MEMORY_HINTS = {"sample": "lower --n", "evaluate": "lower --n",
+OUT_OF_MEMORY_HINTS = {"sample": "lower --n", "evaluate": "lower --n", "distill": "lower --pairs",
                        "train": "lower batch_size (or n_critic, or the network sizes) with --set",
                        "presets": "close other programs"}
 

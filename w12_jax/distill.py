@@ -18,6 +18,10 @@ and a `ConvGenerator` then drops digits on some seeds; r = 10 holds it to the co
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -26,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from w12_jax.config import Config
 from w12_jax.networks import ACTIVATION_FNS
-from w12_jax.train import Model, critic_loss, critic_values
+from w12_jax.train import Model, build_model, critic_loss, critic_values
 
 
 class OneStepGenerator(nn.Module):
@@ -210,3 +215,118 @@ def distilled_sample(generator: OneStepGenerator, params, x0, chunk: int = 1000)
     """G(x0) for x0 (n, *shape), `chunk` samples per call: the one-step samples."""
     apply = jax.jit(generator.apply)
     return np.concatenate([np.asarray(apply(params, jnp.asarray(x0[i:i + chunk]))) for i in range(0, len(x0), chunk)])
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillRecipe:
+    """The one-step recipe of `distill_flow` (experiments/results/distill, seventh section: G at 1 NFE level
+    with the main job's adaptive solve over three 600-iteration teachers): `pairs` x0 solved by the flow's
+    Euler at `pair_steps` (the last `validation` held out); `warm_iterations` steps of regression alone, then
+    `iterations` steps of regression_weight · regression + critic_weight · mean φ(G(x0)) with φ, the run's
+    critic, trained beside G under `critic_divergence`; Adam at `lr` with a cosine decay per phase, batches of
+    `batch`; G: `generator` ("auto": conv for images, mlp otherwise) with `hidden` and `channels`."""
+
+    pairs: int = 5000
+    validation: int = 500
+    pair_steps: int = 10
+    warm_iterations: int = 1000
+    iterations: int = 1450
+    batch: int = 128
+    lr: float = 2e-3
+    generator: str = "auto"
+    hidden: tuple[int, ...] = (1024,)
+    channels: tuple[int, ...] = (64, 32, 16)
+    critic_weight: float = 1.0
+    regression_weight: float = 15.0
+    critic_divergence: str = "reverse_kl"
+    seed: int = 1
+
+    def architecture(self, data_shape: Sequence[int]) -> str:
+        """"conv" or "mlp": `generator`, with "auto" resolved by the data's shape."""
+        if self.generator == "auto":
+            return "conv" if len(data_shape) == 3 else "mlp"
+        return self.generator
+
+
+def distill_flow(config: Config, state, data: np.ndarray, recipe: DistillRecipe = DistillRecipe(),
+                 progress: bool = False):
+    """(generator, params, info): `recipe` applied to a trained run (`state`, its `config`; `data` (m, *shape)
+    its training data, which the critic sees). info: the held-out regression loss of G and of the identity
+    map G(x0) = x0 (scale: how far the flow carries x0), seconds of the pairs and of G's training."""
+    from w12_jax.reflow import reflow_pairs
+
+    if recipe.pairs <= recipe.validation or recipe.validation < 1:
+        raise ValueError(f"pairs ({recipe.pairs}) must exceed validation ({recipe.validation}), which must be >= 1")
+    if recipe.pair_steps < 1 or recipe.iterations < 1 or recipe.warm_iterations < 0:
+        raise ValueError(f"pair_steps and iterations must be >= 1 and warm_iterations >= 0, got "
+                         f"{recipe.pair_steps}, {recipe.iterations}, {recipe.warm_iterations}")
+    start = time.perf_counter()
+    x0, x1 = reflow_pairs(config, state.potential_ema, recipe.pairs, seed=recipe.seed, solver="euler",
+                          num_steps=recipe.pair_steps)
+    pair_seconds = time.perf_counter() - start
+    architecture = recipe.architecture(config.data_shape)
+
+    def run(**kwargs):
+        return distill(x0, x1, hidden=recipe.hidden, lr=recipe.lr, batch_size=recipe.batch,
+                       validation=recipe.validation, progress=progress, architecture=architecture,
+                       channels=recipe.channels, **kwargs)
+
+    warm = None
+    if recipe.warm_iterations:
+        _, warm, _ = run(iterations=recipe.warm_iterations, key=jax.random.PRNGKey(recipe.seed))
+    critic = None
+    if recipe.critic_weight:
+        critic_config = dataclasses.replace(config, divergence=recipe.critic_divergence)
+        critic = TrainedCritic(build_model(critic_config), state.discriminator_params, np.asarray(data))
+    # after a warm start, batches of another stream (experiments.distill's keys)
+    key = jax.random.PRNGKey(recipe.seed + 1000 * (warm is not None))
+    generator, params, history = run(iterations=recipe.iterations, key=key, critic=critic,
+                                     critic_weight=recipe.critic_weight,
+                                     regression_weight=recipe.regression_weight, init_params=warm)
+    held0, held1 = x0[-recipe.validation:], x1[-recipe.validation:]
+    info = {"flow_iteration": int(state.step), "architecture": architecture,
+            "heldout_regression_loss": history["validation"][-1][1],
+            "heldout_identity_loss": float(np.mean((held0 - held1) ** 2)),
+            "pair_seconds": pair_seconds, "distill_seconds": time.perf_counter() - start - pair_seconds}
+    return generator, params, info
+
+
+GENERATOR_DIR = "generator"  # a workdir's distilled G: <workdir>/generator/{params/, generator.json}
+
+
+def save_generator(workdir: str, params, recipe: DistillRecipe, info: dict) -> str:
+    """Write G's parameters (an orbax checkpoint) and its recipe and info (generator.json) to
+    workdir/generator, replacing an earlier G; returns the folder."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    folder = os.path.abspath(os.path.join(workdir, GENERATOR_DIR))
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.join(folder, "params"), jax.device_get(params))
+    with open(os.path.join(folder, "generator.json"), "w") as f:
+        json.dump({"recipe": dataclasses.asdict(recipe), **info}, f, indent=1)
+        f.write("\n")
+    return folder
+
+
+def restore_generator(workdir: str, data_shape: Sequence[int]):
+    """(generator, params, record) of workdir/generator (`save_generator`); FileNotFoundError when the
+    workdir holds none."""
+    import orbax.checkpoint as ocp
+
+    folder = os.path.abspath(os.path.join(workdir, GENERATOR_DIR))
+    spec = os.path.join(folder, "generator.json")
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"no distilled generator in {folder}: run `w12 distill --workdir {workdir}` first")
+    with open(spec) as f:
+        record = json.load(f)
+    recipe = record["recipe"]
+    generator = make_generator(record["architecture"], recipe["hidden"], channels=recipe["channels"])
+    target = jax.eval_shape(generator.init, jax.random.PRNGKey(0), jnp.zeros((1, *data_shape), jnp.float32))
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(os.path.join(folder, "params"), target)
+    return generator, params, record

@@ -90,6 +90,14 @@ def evaluate(config: Config, params, dataset: Dataset, *, num_samples: Optional[
     return out
 
 
+def generator_quality(config: Config, samples: np.ndarray, dataset: Dataset, *, seed: int = 0,
+                      classifier_cache: Optional[str] = None) -> dict:
+    """`evaluate`'s quality figures (no path diagnostics, no Sinkhorn divergence) of samples (n, *shape) drawn
+    without the flow, e.g. a distilled G(x0), against the first n held-out samples."""
+    return _quality(config, None, samples, dataset, dataset.heldout[:len(samples)], seed, classifier_cache,
+                    sinkhorn=False)
+
+
 def _quality(config: Config, x0, x_T, dataset: Dataset, held, seed: int, classifier_cache,
              sinkhorn: bool = True) -> dict:
     """The sample-quality part of `evaluate` for samples x_T (n, *shape) drawn from x0 (None: no reference

@@ -123,6 +123,11 @@ def sample(network, params, x0, *, T: float, lam: float,
 SAMPLE_KEY = 0x5A3  # fold_in tag of the fixed x0 of `generate` (the sample figures, `w12 sample`, evaluation)
 
 
+def reference_draw(config: Config, n: int, seed: int = 0) -> jax.Array:
+    """x0 (n, *shape) ~ rho_0 from PRNGKey(seed): the x0 of `generate` at that seed."""
+    return sample_reference(config, jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_KEY), (n,))
+
+
 def generate(config: Config, params, n: int, *, seed: int = 0, solver="euler", dt: Optional[float] = None,
              num_steps: Optional[int] = None, rtol: Optional[float] = None,
              save_points: Optional[int] = None) -> tuple[np.ndarray, SampleResult]:
@@ -133,7 +138,7 @@ def generate(config: Config, params, n: int, *, seed: int = 0, solver="euler", d
     """
     if dt is None and num_steps is None and rtol is None:
         dt = config.dt
-    x0 = sample_reference(config, jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_KEY), (n,))
+    x0 = reference_draw(config, n, seed)
     res = sample(make_flow_network(config), params, x0, T=config.T, lam=config.lam, solver=solver, dt=dt,
                  num_steps=num_steps, rtol=rtol, atol=rtol, save_points=save_points)
     return np.asarray(x0), res

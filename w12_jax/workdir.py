@@ -9,6 +9,7 @@ Layout:
     metrics.jsonl      one JSON record per `log_every` iterations: {"iteration", METRICS..., "time"}
     checkpoints/<step> TrainState + config (orbax)
     samples/step_<N>.png, samples.png, curves.png
+    generator/         a one-step generator G distilled from the flow (`w12 distill`; `distill.save_generator`)
 """
 
 from __future__ import annotations
