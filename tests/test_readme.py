@@ -24,7 +24,7 @@ def readme_commands() -> list[list[str]]:
 
 def test_every_readme_command_parses():
     commands = readme_commands()
-    assert {c[0] for c in commands if c} >= {"train", "sample", "evaluate"}  # the README shows them all
+    assert {c[0] for c in commands if c} >= {"train", "sample", "evaluate", "distill"}  # the README shows them all
     parser = build_parser()
     for argv in commands:
         parser.parse_args(argv)  # a bad command exits (status 2) and fails the test
