@@ -18,7 +18,7 @@ experiments.few_step's), with the training seconds of both. Each `--beside` run 
 reference, e.g. OT-CFM) is scored and drawn from the same x0 beside them. The last command above is the best
 one-step recipe measured (experiments/results/distill, seventh section: 45 ± 6 over three seeds from 600-iteration
 runs, level with the main job's adaptive solve, at the main job's CPU time; with the run's KL critic,
-`--regression-weight 30`: 53 ± 6).
+`--regression-weight 30`: 53 ± 6); it is also the command `w12 distill` (`distill.DistillRecipe`), which keeps G.
 `--ema-decay d` also scores G's parameter average.
 """
 
