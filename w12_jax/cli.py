@@ -5,7 +5,7 @@ library).
     w12 presets
     w12 sample --workdir DIR [--solver NAME] [--dt H | --nfe N | --generator] [--n N] [--out FILE]
     w12 evaluate --workdir DIR [--n N]
-    w12 distill --workdir DIR [--iterations N] [--warm-iterations N] [--pairs N] [--seed S]
+    w12 distill --workdir DIR [--pairs N] [--validation N] [--warm-iterations N] [--iterations N] [--seed S]
 
 Every bad input ends with one line on stderr and a non-zero exit status (2 for bad command-line syntax,
 1 for a bad value, data, checkpoint or a diverged run, 130 after Ctrl-C).
@@ -244,8 +244,8 @@ def cmd_distill(args) -> int:
     from w12_jax.data import load_config_dataset
     from w12_jax.distill import DistillRecipe, distill_flow, save_generator
 
-    given = {"pairs": args.pairs, "validation": args.validation, "warm_iterations": args.warm_iterations, "iterations": args.iterations,
-             "seed": args.seed}
+    given = {"pairs": args.pairs, "validation": args.validation, "warm_iterations": args.warm_iterations,
+             "iterations": args.iterations, "seed": args.seed}
     recipe = dataclasses.replace(DistillRecipe(), **{k: v for k, v in given.items() if v is not None})
     if not 1 <= recipe.validation < recipe.pairs:
         raise ConfigError(f"--validation must be >= 1 and below --pairs, got {recipe.validation} of {recipe.pairs}")
