@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from w12_jax.distill import TrainedCritic, distill, distilled_sample
+from w12_jax.distill import DistillRecipe, TrainedCritic, distill, distilled_sample
 from w12_jax.presets import lowdim_config
 from w12_jax.train import build_model
 
@@ -36,7 +36,7 @@ def test_the_generator_fits_a_rotation_which_is_no_gradient_map():
     assert history["validation"][-1][1] < 0.01 * history["train"][0]
 
 
-def test_distill_refuses_pairs_that_do_not_match():
+def test_distill_and_its_recipe_refuse_what_cannot_be_trained():
     x = np.zeros((10, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
         distill(x, x[:, :2], iterations=1, key=jax.random.PRNGKey(0))
@@ -44,6 +44,10 @@ def test_distill_refuses_pairs_that_do_not_match():
         distill(x, x, iterations=1, key=jax.random.PRNGKey(0), validation=10)
     with pytest.raises(ValueError, match="regression_weight"):  # nothing left to train
         distill(x, x, iterations=1, key=jax.random.PRNGKey(0), regression_weight=0.0)
+    with pytest.raises(ValueError, match="validation must be >= 1 and below pairs, got 10 of 10"):
+        DistillRecipe(pairs=10, validation=10)
+    with pytest.raises(ValueError, match="warm_iterations must be >= 0"):
+        DistillRecipe(warm_iterations=-1)
 
 
 def test_the_parameter_average_is_one_decayed_step_from_the_start():

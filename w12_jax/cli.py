@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -162,7 +163,6 @@ def _positive(name: str, value: Optional[int]) -> None:
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from w12_jax import plots
     from w12_jax.data import load_config_dataset
     from w12_jax.data_files import DataError
     from w12_jax.sample import generate
@@ -189,14 +189,10 @@ def cmd_sample(args) -> int:
     x0, res = generate(config, state.potential_ema, n, seed=args.seed, solver=solver, dt=dt,
                        num_steps=num_steps, save_points=save_points)
     nfe = int(res.nfe)
-    out, picture_path = output_paths(args.out or os.path.join(args.workdir, "samples",
-                                                               f"{args.solver.lower()}_nfe{nfe}.npz"))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     arrays = {"samples": np.asarray(res.x_T), "x0": x0, "nfe": nfe, "num_steps": int(res.num_steps),
               "solver": args.solver.lower(), "T": config.T, "lam": config.lam, "iteration": int(state.step)}
     if res.path is not None:
         arrays.update(path=np.asarray(res.path), ts=np.asarray(res.ts))
-    np.savez(out, **arrays)
     data = None
     if not image:
         try:
@@ -204,8 +200,8 @@ def cmd_sample(args) -> int:
         except (DataError, ConfigError):
             data = None  # the picture is drawn without the data
     title = f"{config.dataset} {config.method}, iteration {int(state.step)}, {args.solver.lower()}, NFE {nfe}"
-    picture = plots.samples_figure(arrays["samples"], picture_path, data=data,
-                                   trajectories=arrays.get("path"), title=title)
+    default_out = os.path.join(args.workdir, "samples", f"{args.solver.lower()}_nfe{nfe}.npz")
+    out, picture = write_samples(args.out or default_out, arrays, title, data=data)
     print(f"wrote {n} samples to {out} and {picture}; solver {args.solver.lower()}, "
           f"{int(res.num_steps)} steps, NFE {nfe}")
     return 0
@@ -215,7 +211,6 @@ def _sample_generator(args, state, config) -> int:
     """`w12 sample --generator`: G(x0) from the x0 that `generate` draws at --seed."""
     import numpy as np
 
-    from w12_jax import plots
     from w12_jax.distill import distilled_sample, restore_generator
     from w12_jax.sample import reference_draw
 
@@ -223,13 +218,10 @@ def _sample_generator(args, state, config) -> int:
     n = args.n or (64 if len(config.data_shape) == 3 else 1000)
     check_memory(n, config, 4)
     x0 = np.asarray(reference_draw(config, n, args.seed))
-    out, picture_path = output_paths(args.out or os.path.join(args.workdir, "samples", "generator_nfe1.npz"))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    samples = distilled_sample(generator, params, x0)
-    np.savez(out, samples=samples, x0=x0, nfe=1, num_steps=1, solver="generator", T=config.T, lam=config.lam,
-             iteration=record["flow_iteration"])
-    title = f"{config.dataset}, G distilled from iteration {record['flow_iteration']}, NFE 1"
-    picture = plots.samples_figure(samples, picture_path, title=title)
+    arrays = {"samples": distilled_sample(generator, params, x0), "x0": x0, "nfe": 1, "num_steps": 1,
+              "solver": "generator", "T": config.T, "lam": config.lam, "iteration": record["flow_iteration"]}
+    out, picture = write_samples(args.out or os.path.join(args.workdir, "samples", "generator_nfe1.npz"), arrays,
+                                 f"{config.dataset}, G distilled from iteration {record['flow_iteration']}, NFE 1")
     print(f"wrote {n} samples to {out} and {picture}; the distilled generator, NFE 1")
     if record["flow_iteration"] != int(state.step):
         print(f"note: G was distilled from iteration {record['flow_iteration']}, the workdir's latest checkpoint "
@@ -246,12 +238,13 @@ def cmd_distill(args) -> int:
 
     given = {"pairs": args.pairs, "validation": args.validation, "warm_iterations": args.warm_iterations,
              "iterations": args.iterations, "seed": args.seed}
-    recipe = dataclasses.replace(DistillRecipe(), **{k: v for k, v in given.items() if v is not None})
-    if not 1 <= recipe.validation < recipe.pairs:
-        raise ConfigError(f"--validation must be >= 1 and below --pairs, got {recipe.validation} of {recipe.pairs}")
-    _positive("--iterations", recipe.iterations)
-    if recipe.warm_iterations < 0:
-        raise ConfigError(f"--warm-iterations must be >= 0, got {recipe.warm_iterations}")
+    try:
+        recipe = dataclasses.replace(DistillRecipe(), **{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:  # the recipe's own bounds, told in the flags' names
+        message = str(e)
+        for field in sorted(given, key=len, reverse=True):
+            message = re.sub(rf"\b{field}\b", "--" + field.replace("_", "-"), message)
+        raise ConfigError(message) from None
     state, config = _restore(args.workdir)
     data = load_config_dataset(config).train
     start = time.perf_counter()
@@ -273,6 +266,21 @@ def steps_for_nfe(solver_name: str, nfe: int) -> int:
         raise ConfigError(f"--nfe {nfe} is not reachable with solver {solver_name}: "
                           f"NFE = {per_step}·steps + {extra}, steps >= 1")
     return steps
+
+
+def write_samples(out: str, arrays: dict, title: str, data=None) -> tuple[str, str]:
+    """(arrays file, picture file) of `w12 sample`: `arrays` saved at `out` (.npz, `output_paths`), their
+    "samples" drawn beside it (with the data and any "path" trajectories)."""
+    import numpy as np
+
+    from w12_jax import plots
+
+    out, picture_path = output_paths(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.savez(out, **arrays)
+    picture = plots.samples_figure(arrays["samples"], picture_path, data=data, trajectories=arrays.get("path"),
+                                   title=title)
+    return out, picture
 
 
 def output_paths(out: str) -> tuple[str, str]:
@@ -322,9 +330,9 @@ def cmd_evaluate(args) -> int:
     report = {"iteration": int(state.step), "dataset": config.dataset, "case": config.case, "method": config.method,
               **evaluate(config, state.potential_ema, ds, num_samples=args.n, seed=args.seed, solver=args.solver,
                          num_steps=num_steps, rtol=args.rtol)}
-    from w12_jax.distill import GENERATOR_DIR
+    from w12_jax.distill import generator_spec_path
 
-    if os.path.isfile(os.path.join(args.workdir, GENERATOR_DIR, "generator.json")):
+    if os.path.isfile(generator_spec_path(args.workdir)):
         report.update(_generator_report(args, config, ds))
     from w12_jax.provenance import git_revision, package_versions
 

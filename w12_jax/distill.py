@@ -241,6 +241,15 @@ class DistillRecipe:
     critic_divergence: str = "reverse_kl"
     seed: int = 1
 
+    def __post_init__(self):
+        if not 1 <= self.validation < self.pairs:
+            raise ValueError(f"validation must be >= 1 and below pairs, got {self.validation} of {self.pairs}")
+        for name in ("pair_steps", "iterations", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warm_iterations < 0:
+            raise ValueError(f"warm_iterations must be >= 0, got {self.warm_iterations}")
+
     def architecture(self, data_shape: Sequence[int]) -> str:
         """"conv" or "mlp": `generator`, with "auto" resolved by the data's shape."""
         if self.generator == "auto":
@@ -255,11 +264,6 @@ def distill_flow(config: Config, state, data: np.ndarray, recipe: DistillRecipe 
     map G(x0) = x0 (scale: how far the flow carries x0), seconds of the pairs and of G's training."""
     from w12_jax.reflow import reflow_pairs
 
-    if recipe.pairs <= recipe.validation or recipe.validation < 1:
-        raise ValueError(f"pairs ({recipe.pairs}) must exceed validation ({recipe.validation}), which must be >= 1")
-    if recipe.pair_steps < 1 or recipe.iterations < 1 or recipe.warm_iterations < 0:
-        raise ValueError(f"pair_steps and iterations must be >= 1 and warm_iterations >= 0, got "
-                         f"{recipe.pair_steps}, {recipe.iterations}, {recipe.warm_iterations}")
     start = time.perf_counter()
     x0, x1 = reflow_pairs(config, state.potential_ema, recipe.pairs, seed=recipe.seed, solver="euler",
                           num_steps=recipe.pair_steps)
@@ -313,13 +317,18 @@ def save_generator(workdir: str, params, recipe: DistillRecipe, info: dict) -> s
     return folder
 
 
+def generator_spec_path(workdir: str) -> str:
+    """workdir/generator/generator.json: the file whose presence says that `w12 distill` wrote a G there."""
+    return os.path.abspath(os.path.join(workdir, GENERATOR_DIR, "generator.json"))
+
+
 def restore_generator(workdir: str, data_shape: Sequence[int]):
     """(generator, params, record) of workdir/generator (`save_generator`); FileNotFoundError when the
     workdir holds none."""
     import orbax.checkpoint as ocp
 
-    folder = os.path.abspath(os.path.join(workdir, GENERATOR_DIR))
-    spec = os.path.join(folder, "generator.json")
+    spec = generator_spec_path(workdir)
+    folder = os.path.dirname(spec)
     if not os.path.isfile(spec):
         raise FileNotFoundError(f"no distilled generator in {folder}: run `w12 distill --workdir {workdir}` first")
     with open(spec) as f:
