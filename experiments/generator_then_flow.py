@@ -32,14 +32,17 @@ from w12_jax.networks import make_flow_network
 from w12_jax.sample import reference_draw
 
 
-def generator_then_flow(config, params, g: np.ndarray, x0: np.ndarray, s: float, chunk: int = 250) -> np.ndarray:
+def flow_velocity(config, params):
+    """v(x, t) = −∇U(x, t)/λ of the run, jit-compiled once for every fraction s."""
+    return jax.jit(velocity(make_flow_network(config), params, config.lam))
+
+
+def generator_then_flow(v, T: float, g: np.ndarray, x0: np.ndarray, s: float, chunk: int = 250) -> np.ndarray:
     """x_s + (1 − s)·T·v(x_s, sT) with x_s = x0 + s·(g − x0), g = G(x0); (n, *shape)."""
     if not 0.0 <= s < 1.0:
         raise ValueError(f"the chord's fraction s must be in [0, 1), got {s}")
-    v = jax.jit(velocity(make_flow_network(config), params, config.lam))
     x_s = x0 + s * (g - x0)
-    return np.concatenate([np.asarray(x_s[i:i + chunk] + (1.0 - s) * config.T * v(jnp.asarray(x_s[i:i + chunk]),
-                                                                                      s * config.T))
+    return np.concatenate([np.asarray(x_s[i:i + chunk] + (1.0 - s) * T * v(jnp.asarray(x_s[i:i + chunk]), s * T))
                            for i in range(0, len(x_s), chunk)])
 
 
@@ -63,7 +66,8 @@ def main(argv=None):
         dataset = load_config_dataset(config)
         x0 = np.asarray(reference_draw(config, args.n, 0))
         g = distilled_sample(generator, g_params, x0)
-        samples = [g] + [generator_then_flow(config, state.potential_ema, g, x0, s) for s in args.fractions]
+        v = flow_velocity(config, state.potential_ema)
+        samples = [g] + [generator_then_flow(v, config.T, g, x0, s) for s in args.fractions]
         rows = {}
         for label, x in zip(labels, samples):
             rows[label] = generator_quality(config, x, dataset, seed=0)

@@ -130,15 +130,16 @@ def test_evaluate_one_step_columns_are_one_euler_step_from_the_same_x0(dt):
 def test_generator_then_flow_with_the_flows_own_euler_step_is_euler_on_the_grid_0_sT_T():
     """G(x0) = x0 + T·v(x0, 0) (the flow's one Euler step): the chord's point x_s = x0 + s(G − x0) is Euler's
     state at sT, so G-then-flow is Euler on ts = (0, sT, T); s = 0 is one Euler step; s outside [0, 1) raises."""
-    from experiments.generator_then_flow import generator_then_flow
+    from experiments.generator_then_flow import flow_velocity, generator_then_flow
 
     potential, params = random_potential(CFG)
+    v = flow_velocity(CFG, params)
     x0 = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (16, 2)))
     one_step = np.asarray(sample(potential, params, x0, T=CFG.T, lam=CFG.lam, num_steps=1).x_T)
     for s in (0.3, 0.7):
         two_steps = sample(potential, params, x0, T=CFG.T, lam=CFG.lam, ts=(0.0, s * CFG.T, CFG.T)).x_T
-        np.testing.assert_allclose(generator_then_flow(CFG, params, one_step, x0, s), two_steps, atol=1e-5)
-    np.testing.assert_allclose(generator_then_flow(CFG, params, 0 * x0, x0, 0.0), one_step, atol=1e-5)
-    assert float(np.abs(generator_then_flow(CFG, params, one_step, x0, 0.7) - one_step).mean()) > 1e-3
+        np.testing.assert_allclose(generator_then_flow(v, CFG.T, one_step, x0, s), two_steps, atol=1e-5)
+    np.testing.assert_allclose(generator_then_flow(v, CFG.T, 0 * x0, x0, 0.0), one_step, atol=1e-5)
+    assert float(np.abs(generator_then_flow(v, CFG.T, one_step, x0, 0.7) - one_step).mean()) > 1e-3
     with pytest.raises(ValueError, match="fraction"):
-        generator_then_flow(CFG, params, one_step, x0, 1.0)
+        generator_then_flow(v, CFG.T, one_step, x0, 1.0)
